@@ -1,0 +1,96 @@
+# Config access, paths and input functions shared by all rule files.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+
+from r2i.config import ConfigError, validate_config
+from r2i.poolsig import update_pool_signature
+
+try:
+    validate_config(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+
+RESULTS = Path(config["results_dir"]) / config["run"]
+LOGS = Path(config["results_dir"]) / "logs" / config["run"]
+TOY = config["toy_world"]
+SHARDS = [f"{i:03d}" for i in range(config["manifest"]["shards"])]
+POOL_SIG = RESULTS / "manifest" / "pools.sig"
+SHARD_LIST = RESULTS / "manifest" / "shards" / "shard-{shard}.json"
+
+
+def toy_world_index():
+    """The toy world's index file when the embedded default is on, else nothing."""
+    return [f"{TOY['dir']}/index.json"] if TOY["enabled"] else []
+
+
+def prompt(name):
+    return config["prompts"][name]
+
+
+def model_params(*roles):
+    """Model role -> {model, endpoint settings}: what a job needs to reach its models.
+
+    Passed as params so that changing an endpoint or a model reruns the affected stages;
+    model calls already made are served from the cache.
+    """
+    out = {}
+    for role in roles:
+        spec = dict(config["models"][role])
+        spec["endpoint_config"] = {"name": spec["endpoint"], **config["endpoints"][spec["endpoint"]]}
+        out[role] = spec
+    return out
+
+
+def shard_list(wildcards):
+    """The shard's image list, known only after the manifest checkpoint has run."""
+    checkpoints.manifest.get()
+    return str(SHARD_LIST).format(shard=wildcards.shard)
+
+
+def stage_output(stage):
+    return str(RESULTS / "shards" / "{shard}" / f"{stage}.parquet")
+
+
+# Refresh the cheap stat signature of the image pools at parse time: it is rewritten only
+# when a file was added, changed or removed, which is what makes reruns incremental.
+if not TOY["enabled"] or Path(TOY["dir"], "index.json").exists():
+    update_pool_signature(config["pools"], POOL_SIG, only_if_exists=True)
+
+
+SYNTHESIS_STAGES = ["objects", "crops", "questions", "answers", "mcq", "difficulty"]
+
+
+def stage_params(stage, roles):
+    """Params of a synthesis stage: its settings, the models it calls, prompts and cache.
+
+    Only this stage's settings are included, so changing e.g. the consensus ratio reruns the
+    answers stage and its descendants but not the stages before it.
+    """
+    return {
+        "stage": stage,
+        "settings": config["synthesis"][stage],
+        "models": model_params(*roles),
+        "prompts": config["prompts"],
+        "cache_dir": config["cache_dir"],
+        "log_dir": str(LOGS / "endpoints"),
+        "concurrency": 16,
+    }
+
+
+def segmenter_gpus():
+    return 1 if config["segmenter"]["backend"] == "sam3" else 0
+
+
+def benchmark_files():
+    return [b["path"] for b in config["benchmarks"].values()]
+
+
+def synthesis_targets():
+    return [
+        RESULTS / "dataset" / "train.parquet",
+        RESULTS / "dataset" / "val.parquet",
+        RESULTS / "dataset" / "funnel.json",
+    ]

@@ -1,0 +1,25 @@
+"""Rule script: gather shards into train/val parquet (verl schema), funnel, card, contamination check."""
+
+import logging
+
+from r2i.synthesis.dataset import gather
+from r2i.synthesis.entry import setup_logging
+
+setup_logging(snakemake.log[0])  # noqa: F821
+p = snakemake.params  # noqa: F821
+funnel = gather(
+    shard_root=p["shard_root"],
+    shards=p["shards"],
+    stages=p["stages"],
+    manifest_summary_path=snakemake.input["summary"],  # noqa: F821
+    benchmarks=p["benchmarks"],
+    answer_format_path=p["prompts"]["answer_format"],
+    settings=p["settings"],
+    config=p["config_snapshot"],
+    out_train=snakemake.output["train"],  # noqa: F821
+    out_val=snakemake.output["val"],  # noqa: F821
+    out_card=snakemake.output["card"],  # noqa: F821
+    out_funnel=snakemake.output["funnel"],  # noqa: F821
+    out_contamination=snakemake.output["contamination"],  # noqa: F821
+)
+logging.getLogger("r2i.dataset").info("dataset: %s", funnel["splits"])

@@ -1,0 +1,12 @@
+"""Rule script for the per-shard synthesis stages (objects, crops, questions, answers, mcq, difficulty)."""
+
+from r2i.synthesis.entry import run_stage
+
+run_stage(
+    snakemake.params["stage"],  # noqa: F821
+    inputs={k: v for k, v in snakemake.input.items()},  # noqa: F821
+    output=snakemake.output["table"],  # noqa: F821
+    stats_out=snakemake.output["stats"],  # noqa: F821
+    params=dict(snakemake.params.items()),  # noqa: F821
+    log_file=snakemake.log[0],  # noqa: F821
+)

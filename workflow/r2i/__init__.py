@@ -1,0 +1,2 @@
+"""Region-to-Image Distillation (R2I) pipeline library."""
+__version__ = "0.1.0"

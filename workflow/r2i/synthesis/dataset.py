@@ -1,0 +1,327 @@
+"""Stage 7: gather the shards into a verl-ready training set, with funnel, card and a contamination check.
+
+Rows follow verl's ``RLHFDataset`` schema: ``data_source``, ``prompt`` (chat list whose user text
+carries an ``<image>`` placeholder), ``images`` (embedded bytes), ``ability``,
+``reward_model.ground_truth`` and ``extra_info`` (question, dimension, boxes, provenance).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from r2i.io import atomic_path, atomic_write_text, read_json, write_json
+from r2i.prompts import PromptTemplate, load_template
+from r2i.synthesis.records import Row, read_rows
+
+DIMENSION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    ("counting", re.compile(r"\bhow many\b|\bnumber of\b|\bcount\b", re.I)),
+    ("ocr", re.compile(r"\btext\b|\bwritten\b|\bword\b|\bletters?\b|\bread\b|\blabel(?:led)?\b|\bprinted\b|\bdigits?\b|\bcode\b", re.I)),
+    ("color", re.compile(r"\bcolou?rs?\b", re.I)),
+    ("material", re.compile(r"\bmaterial\b|\btexture\b|\bpattern\b|\bsurface\b|\bmade of\b|\bfabric\b", re.I)),
+    ("structure", re.compile(r"\bshape\b|\bstructure\b|\bform\b|\bsides?\b|\bgeometric\b|\boutline\b", re.I)),
+    ("object_identification", re.compile(r"\bwhat (?:kind|type|sort) of\b|\bwhat object\b|\bwhat is (?:the|this)\b|\bidentify\b|\bicon\b|\bsymbol\b", re.I)),
+]  # fmt: skip
+
+
+def classify_dimension(question: str) -> str:
+    """A keyword heuristic mapping a question to one of ZoomBench's six dimensions (or ``other``)."""
+    for name, pattern in DIMENSION_PATTERNS:
+        if pattern.search(question):
+            return name
+    return "other"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pixel_sha256(data: bytes | str | Path) -> str | None:
+    """Hash of the decoded RGB pixels: catches the same image re-encoded in another file format."""
+    try:
+        img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        img.load()
+        rgb = img.convert("RGB")
+    except Exception:
+        return None
+    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+
+
+def benchmark_hashes(benchmarks: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, set[str]]]:
+    """Per benchmark: the file-byte and pixel hashes of every image it contains."""
+    out: dict[str, dict[str, set[str]]] = {}
+    for name, spec in benchmarks.items():
+        path = Path(spec["path"])
+        if not path.exists():
+            raise FileNotFoundError(
+                f"benchmark '{name}': file {path} not found (config key benchmarks.{name}.path); "
+                f"see docs for how to obtain it, or remove it from the config"
+            )
+        files: set[str] = set()
+        pixels: set[str] = set()
+        if spec["format"] == "zoombench":
+            table = pq.read_table(path)
+            for col in ("image", "crop_image"):
+                if col not in table.column_names:
+                    continue
+                for cell in table.column(col).to_pylist():
+                    data = cell.get("bytes") if isinstance(cell, dict) else cell
+                    if isinstance(data, bytes):
+                        files.add(hashlib.sha256(data).hexdigest())
+                        px = pixel_sha256(data)
+                        if px:
+                            pixels.add(px)
+        else:
+            root = Path(spec.get("image_root") or path.parent)
+            items = json.loads(path.read_text(encoding="utf-8"))
+            for item in items:
+                for img in item.get("images", []):
+                    p = Path(img) if Path(img).is_absolute() else root / img
+                    if p.exists():
+                        files.add(file_sha256(p))
+                        px = pixel_sha256(p)
+                        if px:
+                            pixels.add(px)
+        out[name] = {"files": files, "pixels": pixels}
+    return out
+
+
+def _split_key(image_hash: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{image_hash}".encode()).hexdigest()
+
+
+def assign_splits(image_hashes: Sequence[str], val_fraction: float, seed: int) -> dict[str, str]:
+    """Split by source image (no image in both splits); at least one val image when asked for."""
+    uniq = sorted(set(image_hashes), key=lambda h: _split_key(h, seed))
+    n_val = round(val_fraction * len(uniq))
+    if val_fraction > 0 and n_val == 0 and len(uniq) > 1:
+        n_val = 1
+    return {h: ("val" if i < n_val else "train") for i, h in enumerate(uniq)}
+
+
+def to_verl_row(r: Row, index: int, split: str, fmt: PromptTemplate, settings: Mapping[str, Any]) -> dict[str, Any]:
+    rec = r.record
+    text = fmt.render(question=rec["mcq_text"])
+    return {
+        "data_source": settings["data_source"],
+        "prompt": [{"role": "user", "content": "<image>" + text}],
+        "images": [{"bytes": r.blob, "path": None}],
+        "ability": settings["ability"],
+        "reward_model": {"style": "rule", "ground_truth": rec["answer_letter"]},
+        "extra_info": {
+            "split": split,
+            "index": index,
+            "item_id": r.item_id,
+            "question": rec["question"],
+            "focus_question": rec["focus_question"],
+            "options": rec["options"],
+            "answer": rec["answer_letter"],
+            "answer_text": rec["ground_truth"],
+            "dimension": classify_dimension(rec["question"]),
+            "box": [float(x) for x in rec["crop_box"]],
+            "box_expanded": [float(x) for x in rec["box_expanded"]],
+            "image_hash": rec["image_hash"],
+            "source_path": rec["image_path"],
+            "pool": rec.get("pool") or "",
+            "object_phrase": rec["phrase"],
+            "agreement": float(rec["agreement"]),
+            "student_correct": int(rec["student_correct"]),
+            "teacher_models": sorted({v["model"] for v in rec["votes"]}),
+            "provenance": json.dumps(
+                {k: rec.get(k) for k in (
+                    "lister_model", "writer_model", "consensus_model", "student_model", "judge_model",
+                    "prompt_sha", "writer_prompt_sha", "validator_prompt_sha", "answer_prompt_sha",
+                    "consensus_prompt_sha", "distractor_prompt_sha", "votes", "student_samples",
+                    "score", "segmenter",
+                )},  # fmt: skip
+                sort_keys=True,
+            ),
+        },
+    }
+
+
+def write_verl_parquet(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    schema = pa.schema(
+        [
+            ("data_source", pa.string()),
+            ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+            ("images", pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))),
+            ("ability", pa.string()),
+            ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
+            (
+                "extra_info",
+                pa.struct(
+                    [
+                        ("split", pa.string()), ("index", pa.int64()), ("item_id", pa.string()),
+                        ("question", pa.string()), ("focus_question", pa.string()),
+                        ("options", pa.list_(pa.string())), ("answer", pa.string()),
+                        ("answer_text", pa.string()), ("dimension", pa.string()),
+                        ("box", pa.list_(pa.float64())), ("box_expanded", pa.list_(pa.float64())),
+                        ("image_hash", pa.string()), ("source_path", pa.string()), ("pool", pa.string()),
+                        ("object_phrase", pa.string()), ("agreement", pa.float64()),
+                        ("student_correct", pa.int64()), ("teacher_models", pa.list_(pa.string())),
+                        ("provenance", pa.string()),
+                    ]
+                ),  # fmt: skip
+            ),
+        ]
+    )
+    table = pa.Table.from_pylist(rows, schema=schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=256)
+
+
+def build_funnel(manifest_summary: Mapping[str, Any], tables: Mapping[str, list[Row]]) -> dict[str, Any]:
+    """Items in and out of every filter, with reasons, summed over shards."""
+    funnel: dict[str, Any] = {"manifest": manifest_summary, "stages": []}
+    for stage, rows in tables.items():
+        reasons = Counter(r.reason for r in rows if not r.kept)
+        funnel["stages"].append(
+            {
+                "stage": stage,
+                "rows": len(rows),
+                "kept": sum(r.kept for r in rows),
+                "dropped": sum(reasons.values()),
+                "reasons": dict(sorted(reasons.items())),
+            }
+        )
+    return funnel
+
+
+CARD = """# R2I training set: run `{run}`
+
+Region-to-Image distilled multiple-choice VQA for fine-grained perception, built by the R2I
+workflow. Teachers answered questions on micro-crops; each question was distilled back onto the
+full image with a red box and kept only if the student found it hard.
+
+| split | items | source images |
+|---|---|---|
+| train | {n_train} | {img_train} |
+| val | {n_val} | {img_val} |
+
+Dimensions (keyword heuristic on the question): {dims}
+
+## Models
+{models}
+
+## Funnel
+| stage | rows | kept | dropped | reasons |
+|---|---|---|---|---|
+{funnel_rows}
+
+Images scanned: {scanned}; kept after the manifest: {manifest_kept}; dropped: {manifest_dropped}.
+Benchmark contamination (content hash): {contaminated} item(s) removed; checked against: {benchmarks}.
+
+## Schema (verl `RLHFDataset`)
+`data_source`, `prompt` (chat list; the user text starts with `<image>`), `images` (list of
+`{{bytes, path}}`, the boxed full image), `ability`, `reward_model.ground_truth` (the correct option
+letter), `extra_info` (question, options, answer text, dimension, box, expanded box, source image
+hash and path, agreement, student correct count, provenance JSON with models, prompt hashes, votes).
+
+```python
+import datasets
+ds = datasets.load_dataset("parquet", data_files={{"train": "train.parquet", "validation": "val.parquet"}})
+```
+{sim_note}"""
+
+
+def gather(
+    *,
+    shard_root: str | Path,
+    shards: Sequence[str],
+    stages: Sequence[str],
+    manifest_summary_path: str | Path,
+    benchmarks: Mapping[str, Mapping[str, Any]],
+    answer_format_path: str | Path,
+    settings: Mapping[str, Any],
+    config: Mapping[str, Any],
+    out_train: str | Path,
+    out_val: str | Path,
+    out_card: str | Path,
+    out_funnel: str | Path,
+    out_contamination: str | Path,
+) -> dict[str, Any]:
+    tables: dict[str, list[Row]] = {}
+    for stage in stages:
+        rows: list[Row] = []
+        for shard in shards:
+            rows.extend(read_rows(Path(shard_root) / shard / f"{stage}.parquet", with_blobs=stage == stages[-1]))
+        tables[stage] = rows
+    final = [r for r in tables[stages[-1]] if r.kept]
+
+    bench = benchmark_hashes(benchmarks)
+    contaminated: list[dict[str, str]] = []
+    clean: list[Row] = []
+    pixel_cache: dict[str, str | None] = {}
+    for r in final:
+        h = r.record["image_hash"]
+        if h not in pixel_cache:
+            pixel_cache[h] = pixel_sha256(r.record["image_path"]) if Path(r.record["image_path"]).exists() else None
+        hit = [
+            name for name, hs in bench.items()
+            if h in hs["files"] or (pixel_cache[h] is not None and pixel_cache[h] in hs["pixels"])
+        ]  # fmt: skip
+        if hit:
+            contaminated.append({"item_id": r.item_id, "image_hash": h, "benchmarks": ",".join(hit)})
+        else:
+            clean.append(r)
+
+    splits = assign_splits([r.record["image_hash"] for r in clean], settings["val_fraction"], settings["seed"])
+    fmt = load_template(answer_format_path, "answer_format")
+    out: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
+    for r in sorted(clean, key=lambda x: x.item_id):
+        split = splits[r.record["image_hash"]]
+        out[split].append(to_verl_row(r, len(out[split]), split, fmt, settings))
+    write_verl_parquet(out_train, out["train"])
+    write_verl_parquet(out_val, out["val"])
+
+    funnel = build_funnel(read_json(manifest_summary_path), tables)
+    funnel["contamination"] = {"removed": len(contaminated)}
+    funnel["splits"] = {k: len(v) for k, v in out.items()}
+    write_json(out_funnel, funnel)
+    write_json(
+        out_contamination,
+        {"checked_against": sorted(benchmarks), "contaminated": contaminated, "clean": len(clean)},
+    )
+
+    dims = Counter(row["extra_info"]["dimension"] for rows in out.values() for row in rows)
+    models = "\n".join(f"- {role}: `{spec['model']}`" for role, spec in config["models"].items())
+    uses_sim = any("r2i-sim-server" in (e.get("launch") or "") for e in config["endpoints"].values())
+    manifest = funnel["manifest"]
+    card = CARD.format(
+        run=config["run"],
+        n_train=len(out["train"]), n_val=len(out["val"]),
+        img_train=len({r["extra_info"]["image_hash"] for r in out["train"]}),
+        img_val=len({r["extra_info"]["image_hash"] for r in out["val"]}),
+        dims=", ".join(f"{k} {v}" for k, v in sorted(dims.items())) or "none",
+        models=models,
+        funnel_rows="\n".join(
+            f"| {s['stage']} | {s['rows']} | {s['kept']} | {s['dropped']} | "
+            + (", ".join(f"{k}: {v}" for k, v in s["reasons"].items()) or "-") + " |"
+            for s in funnel["stages"]
+        ),
+        scanned=manifest.get("files", "?"), manifest_kept=manifest.get("kept", "?"),
+        manifest_dropped=manifest.get("dropped", "?"),
+        contaminated=len(contaminated), benchmarks=", ".join(sorted(benchmarks)) or "none",
+        sim_note=(
+            "\n> This set was built from the TOY WORLD with SIMULATED models (test doubles / offline "
+            "demo). It exercises the pipeline; it is not training data for real models.\n"
+            if uses_sim else ""
+        ),
+    )  # fmt: skip
+    atomic_write_text(out_card, card)
+    return funnel
