@@ -8,7 +8,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded default (toy world + simulated models). A config file given with --configfile
+# replaces it instead of being merged into it, so production pools and endpoints never mix with
+# the toy ones; --config key=value still overrides single keys.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
