@@ -10,32 +10,57 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
+
+    The file gets the usual permissions (0666 minus the umask), not mkstemp's private 0600, so
+    other users and cluster jobs can read outputs.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path: str | Path, data: bytes, *, only_if_changed: bool = False) -> bool:
+    """Write ``data`` atomically; with ``only_if_changed`` an identical file is left untouched.
+
+    Leaving an unchanged file alone keeps its mtime, so Snakemake sees nothing new downstream.
+    Returns True when the file was written.
+    """
+    p = Path(path)
+    if only_if_changed and p.is_file():
+        try:
+            if p.stat().st_size == len(data) and p.read_bytes() == data:
+                return False
+        except OSError:
+            pass
+    with atomic_path(p) as tmp:
         tmp.write_bytes(data)
+    return True
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

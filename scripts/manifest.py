@@ -1,0 +1,22 @@
+"""Rule script (checkpoint): scan the pools, write the manifest and the per-shard image lists.
+
+A shard list is rewritten only when its content changes, so only shards whose images changed
+rerun downstream.
+"""
+
+from r2i.manifest import build_manifest
+from r2i.synthesis.entry import setup_logging
+
+setup_logging(snakemake.log[0])  # noqa: F821
+p = snakemake.params  # noqa: F821
+build_manifest(
+    p["pools"],
+    manifest_path=snakemake.output["manifest"],  # noqa: F821
+    summary_path=snakemake.output["summary"],  # noqa: F821
+    shard_dir=p["shard_dir"],
+    n_shards=p["settings"]["shards"],
+    min_side=p["settings"]["min_side"],
+    max_pixels=p["settings"]["max_image_pixels"],
+    state_dir=p["state_dir"],
+    workers=snakemake.threads,  # noqa: F821
+)
