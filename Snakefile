@@ -3,6 +3,8 @@
 # then includes the stage rules. Logic lives in the `r2i` package under workflow/.
 
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -11,9 +13,16 @@ min_version("9.0")
 # The embedded default (toy world + simulated models). A config file given with --configfile
 # replaces it instead of being merged into it, so production pools and endpoints never mix with
 # the toy ones; --config key=value still overrides single keys.
+# Looked up in the working directory first (a deployed copy), then next to this Snakefile.
+DEFAULT_CONFIG = (
+    "config/config.yaml"
+    if os.path.exists("config/config.yaml")
+    else os.path.join(workflow.basedir, "config", "config.yaml")
+)
+
 if not workflow.config_settings.configfiles:
 
-    configfile: "config/config.yaml"
+    configfile: DEFAULT_CONFIG
 
 
 include: "rules/common.smk"
@@ -21,6 +30,6 @@ include: "rules/synthesis.smk"
 
 
 rule all:
+    default_target: True
     input:
         synthesis_targets(),
-    default_target: True

@@ -1,4 +1,5 @@
 # Config access, paths and input functions shared by all rule files.
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,16 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
+
+def _resolve_workflow_file(path):
+    """A relative path that is not in the working directory is taken from the workflow's copy."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return str(p)
+    return str(Path(workflow.basedir) / p)
+
+
+config["prompts"] = {k: _resolve_workflow_file(v) for k, v in config["prompts"].items()}
 
 RESULTS = Path(config["results_dir"]) / config["run"]
 LOGS = Path(config["results_dir"]) / "logs" / config["run"]
@@ -31,17 +42,16 @@ def prompt(name):
 
 
 def model_params(*roles):
-    """Model role -> {model, endpoint settings}: what a job needs to reach its models.
+    """Role -> {model, max_image_pixels}: what determines a stage's model calls.
 
-    Passed as params so that changing an endpoint or a model reruns the affected stages;
-    model calls already made are served from the cache.
+    Only what changes the requests is a param (so changing it reruns the stage); how an endpoint
+    is reached (URL, launch command, concurrency, timeouts) is read from the config at run time,
+    so moving a model to another server reruns nothing.
     """
-    out = {}
-    for role in roles:
-        spec = dict(config["models"][role])
-        spec["endpoint_config"] = {"name": spec["endpoint"], **config["endpoints"][spec["endpoint"]]}
-        out[role] = spec
-    return out
+    return {
+        role: {k: config["models"][role][k] for k in ("model", "max_image_pixels")}
+        for role in roles
+    }
 
 
 def shard_list(wildcards):
@@ -74,10 +84,15 @@ def stage_params(stage, roles):
         "settings": config["synthesis"][stage],
         "models": model_params(*roles),
         "prompts": config["prompts"],
-        "cache_dir": config["cache_dir"],
-        "log_dir": str(LOGS / "endpoints"),
-        "concurrency": 16,
     }
+
+
+def uses_simulator():
+    """True when any endpoint is the simulator (the dataset card then says so)."""
+    return any(
+        "r2i-sim-server" in (e.get("launch") or "")
+        for e in config["endpoints"].values()
+    )
 
 
 def segmenter_gpus():

@@ -5,15 +5,15 @@ rule toy_world:
     output:
         index=f"{TOY['dir']}/index.json",
         benchmark=f"{TOY['dir']}/benchmark/zoombench_toy.parquet",
-    params:
-        seed=TOY["seed"],
-        size=TOY["size"],
-        short_side=TOY["short_side"],
-        out_dir=TOY["dir"],
     log:
         LOGS / "toy_world.log",
     conda:
         "../envs/cpu-synthesis.yaml"
+    params:
+        seed=TOY["seed"],
+        size=TOY["size"],
+        short_side=TOY["short_side"],
+        out_dir=lambda wildcards, output: os.path.dirname(output.index),
     script:
         "../scripts/toy_world.py"
 
@@ -23,12 +23,12 @@ rule pool_signature:
         toy_world_index(),
     output:
         POOL_SIG,
-    params:
-        pools=config["pools"],
     log:
         LOGS / "pool_signature.log",
     conda:
         "../envs/cpu-synthesis.yaml"
+    params:
+        pools=config["pools"],
     script:
         "../scripts/pool_signature.py"
 
@@ -39,16 +39,16 @@ checkpoint manifest:
     output:
         manifest=RESULTS / "manifest" / "manifest.parquet",
         summary=RESULTS / "manifest" / "summary.json",
+    log:
+        LOGS / "manifest.log",
+    conda:
+        "../envs/cpu-synthesis.yaml"
+    threads: 2
     params:
         pools=config["pools"],
         settings=config["manifest"],
         shard_dir=RESULTS / "manifest" / "shards",
         state_dir=RESULTS / "manifest" / "state",
-    log:
-        LOGS / "manifest.log",
-    threads: 2
-    conda:
-        "../envs/cpu-synthesis.yaml"
     script:
         "../scripts/manifest.py"
 
@@ -60,15 +60,15 @@ rule objects:
     output:
         table=stage_output("objects"),
         stats=stage_output("objects").replace(".parquet", ".stats.json"),
+    log:
+        LOGS / "shards" / "{shard}" / "objects.log",
+    conda:
+        "../envs/cpu-synthesis.yaml"
+    resources:
+        gpu=segmenter_gpus(),
     params:
         **stage_params("objects", ["teacher"]),
         segmenter=config["segmenter"],
-    log:
-        LOGS / "shards" / "{shard}" / "objects.log",
-    resources:
-        gpu=segmenter_gpus(),
-    conda:
-        "../envs/cpu-synthesis.yaml"
     script:
         "../scripts/synth_stage.py"
 
@@ -79,12 +79,12 @@ rule crops:
     output:
         table=stage_output("crops"),
         stats=stage_output("crops").replace(".parquet", ".stats.json"),
-    params:
-        **stage_params("crops", []),
     log:
         LOGS / "shards" / "{shard}" / "crops.log",
     conda:
         "../envs/cpu-synthesis.yaml"
+    params:
+        **stage_params("crops", []),
     script:
         "../scripts/synth_stage.py"
 
@@ -97,13 +97,12 @@ rule questions:
     output:
         table=stage_output("questions"),
         stats=stage_output("questions").replace(".parquet", ".stats.json"),
-    params:
-        **stage_params("questions", ["teacher"]),
-        seed_questions=prompt("seed_questions"),
     log:
         LOGS / "shards" / "{shard}" / "questions.log",
     conda:
         "../envs/cpu-synthesis.yaml"
+    params:
+        **stage_params("questions", ["teacher"]),
     script:
         "../scripts/synth_stage.py"
 
@@ -116,12 +115,12 @@ rule answers:
     output:
         table=stage_output("answers"),
         stats=stage_output("answers").replace(".parquet", ".stats.json"),
-    params:
-        **stage_params("answers", ["teacher", "teacher_b", "consensus"]),
     log:
         LOGS / "shards" / "{shard}" / "answers.log",
     conda:
         "../envs/cpu-synthesis.yaml"
+    params:
+        **stage_params("answers", ["teacher", "teacher_b", "consensus"]),
     script:
         "../scripts/synth_stage.py"
 
@@ -133,12 +132,12 @@ rule mcq:
     output:
         table=stage_output("mcq"),
         stats=stage_output("mcq").replace(".parquet", ".stats.json"),
-    params:
-        **stage_params("mcq", ["teacher"]),
     log:
         LOGS / "shards" / "{shard}" / "mcq.log",
     conda:
         "../envs/cpu-synthesis.yaml"
+    params:
+        **stage_params("mcq", ["teacher"]),
     script:
         "../scripts/synth_stage.py"
 
@@ -150,12 +149,12 @@ rule difficulty:
     output:
         table=stage_output("difficulty"),
         stats=stage_output("difficulty").replace(".parquet", ".stats.json"),
-    params:
-        **stage_params("difficulty", ["student", "judge"]),
     log:
         LOGS / "shards" / "{shard}" / "difficulty.log",
     conda:
         "../envs/cpu-synthesis.yaml"
+    params:
+        **stage_params("difficulty", ["student", "judge"]),
     script:
         "../scripts/synth_stage.py"
 
@@ -177,6 +176,10 @@ rule dataset:
         card=RESULTS / "dataset" / "README.md",
         funnel=RESULTS / "dataset" / "funnel.json",
         contamination=RESULTS / "dataset" / "contamination.json",
+    log:
+        LOGS / "dataset.log",
+    conda:
+        "../envs/cpu-synthesis.yaml"
     params:
         settings=config["synthesis"]["dataset"],
         shards=SHARDS,
@@ -184,10 +187,8 @@ rule dataset:
         shard_root=RESULTS / "shards",
         benchmarks=config["benchmarks"],
         prompts=config["prompts"],
-        config_snapshot=config,
-    log:
-        LOGS / "dataset.log",
-    conda:
-        "../envs/cpu-synthesis.yaml"
+        run=config["run"],
+        models={role: spec["model"] for role, spec in config["models"].items()},
+        simulated=uses_simulator(),
     script:
         "../scripts/dataset.py"

@@ -8,5 +8,6 @@ run_stage(
     output=snakemake.output["table"],  # noqa: F821
     stats_out=snakemake.output["stats"],  # noqa: F821
     params=dict(snakemake.params.items()),  # noqa: F821
+    config=snakemake.config,  # noqa: F821
     log_file=snakemake.log[0],  # noqa: F821
 )

@@ -26,7 +26,7 @@ from r2i.synthesis.records import Row, read_rows
 
 DIMENSION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("counting", re.compile(r"\bhow many\b|\bnumber of\b|\bcount\b", re.I)),
-    ("ocr", re.compile(r"\btext\b|\bwritten\b|\bword\b|\bletters?\b|\bread\b|\blabel(?:led)?\b|\bprinted\b|\bdigits?\b|\bcode\b", re.I)),
+    ("ocr", re.compile(r"\btext\b|\bwritten\b|\bword\b|\bletters?\b|\bread\b|\blabel(?:led)?\b|\bprinted\b|\bdigits?\b|\bcode\b|\bsays?\b", re.I)),
     ("color", re.compile(r"\bcolou?rs?\b", re.I)),
     ("material", re.compile(r"\bmaterial\b|\btexture\b|\bpattern\b|\bsurface\b|\bmade of\b|\bfabric\b", re.I)),
     ("structure", re.compile(r"\bshape\b|\bstructure\b|\bform\b|\bsides?\b|\bgeometric\b|\boutline\b", re.I)),
@@ -35,10 +35,16 @@ DIMENSION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 
 
 def classify_dimension(question: str) -> str:
-    """A keyword heuristic mapping a question to one of ZoomBench's six dimensions (or ``other``)."""
-    for name, pattern in DIMENSION_PATTERNS:
-        if pattern.search(question):
-            return name
+    """A keyword heuristic mapping a question to one of ZoomBench's six dimensions (or ``other``).
+
+    The head of the question (before its first " the ") decides first, so that words in the
+    referring expression ("the sign reading EXIT") do not override what is asked ("What color").
+    """
+    head = re.split(r"\bthe\b", question, maxsplit=1, flags=re.I)[0]
+    for text in (head, question):
+        for name, pattern in DIMENSION_PATTERNS:
+            if pattern.search(text):
+                return name
     return "other"
 
 
@@ -248,7 +254,9 @@ def gather(
     benchmarks: Mapping[str, Mapping[str, Any]],
     answer_format_path: str | Path,
     settings: Mapping[str, Any],
-    config: Mapping[str, Any],
+    run: str,
+    models: Mapping[str, str],
+    simulated: bool,
     out_train: str | Path,
     out_val: str | Path,
     out_card: str | Path,
@@ -299,16 +307,15 @@ def gather(
     )
 
     dims = Counter(row["extra_info"]["dimension"] for rows in out.values() for row in rows)
-    models = "\n".join(f"- {role}: `{spec['model']}`" for role, spec in config["models"].items())
-    uses_sim = any("r2i-sim-server" in (e.get("launch") or "") for e in config["endpoints"].values())
+    model_lines = "\n".join(f"- {role}: `{name}`" for role, name in models.items())
     manifest = funnel["manifest"]
     card = CARD.format(
-        run=config["run"],
+        run=run,
         n_train=len(out["train"]), n_val=len(out["val"]),
         img_train=len({r["extra_info"]["image_hash"] for r in out["train"]}),
         img_val=len({r["extra_info"]["image_hash"] for r in out["val"]}),
         dims=", ".join(f"{k} {v}" for k, v in sorted(dims.items())) or "none",
-        models=models,
+        models=model_lines,
         funnel_rows="\n".join(
             f"| {s['stage']} | {s['rows']} | {s['kept']} | {s['dropped']} | "
             + (", ".join(f"{k}: {v}" for k, v in s["reasons"].items()) or "-") + " |"
@@ -320,7 +327,7 @@ def gather(
         sim_note=(
             "\n> This set was built from the TOY WORLD with SIMULATED models (test doubles / offline "
             "demo). It exercises the pipeline; it is not training data for real models.\n"
-            if uses_sim else ""
+            if simulated else ""
         ),
     )  # fmt: skip
     atomic_write_text(out_card, card)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from r2i.images import set_max_pixels
 from r2i.io import read_json, write_json
 from r2i.prompts import load_seed_questions, load_templates
 from r2i.segment import make_segmenter
@@ -72,20 +73,39 @@ def run_stage(
     output: str,
     stats_out: str,
     params: Mapping[str, Any],
+    config: Mapping[str, Any],
     log_file: str | None = None,
 ) -> None:
-    """Run one synthesis stage for one shard (called from the rule's script)."""
+    """Run one synthesis stage for one shard (called from the rule's script).
+
+    ``params`` carries what determines the results (settings, model names); ``config`` supplies
+    how to reach the endpoints.
+    """
     setup_logging(log_file)
+    set_max_pixels(int(config["manifest"]["max_image_pixels"]))
     started = time.monotonic()
     prompts = load_templates(params["prompts"])
     p = params["settings"]
-    concurrency = int(params.get("concurrency", 16))
+    log_dir = Path(config["results_dir"]) / "logs" / config["run"] / "endpoints"
 
     async def with_models(roles: list[str], fn: Callable[[ModelSet], Any]) -> tuple[list[Row], dict[str, Any]]:
-        specs = {r: params["models"][r] for r in roles}
-        async with ModelSet(specs, params["cache_dir"], log_dir=params.get("log_dir")) as models:
+        specs = {
+            r: {
+                **params["models"][r],
+                "endpoint_config": {
+                    "name": config["models"][r]["endpoint"],
+                    **config["endpoints"][config["models"][r]["endpoint"]],
+                },
+            }
+            for r in roles
+        }
+        async with ModelSet(specs, config["cache_dir"], log_dir=log_dir) as models:
             rows = await fn(models)
         return rows, models.stats.to_dict()
+
+    # Items in flight: enough to keep every endpoint of the stage busy.
+    endpoints = {config["models"][r]["endpoint"] for r in params.get("models", {})}
+    concurrency = max(4, sum(int(config["endpoints"][e].get("max_concurrency", 16)) for e in endpoints))
 
     if stage == "objects":
         images = read_json(inputs["shard"])["images"]
@@ -100,7 +120,7 @@ def run_stage(
         n_in = len(objects)
     elif stage == "questions":
         crops = read_rows(inputs["crops"], only_kept=True)
-        seeds = load_seed_questions(params["seed_questions"])
+        seeds = load_seed_questions(inputs["seeds"])
         rows, calls = asyncio.run(
             with_models(["teacher"], lambda m: stages.questions_stage(crops, m, prompts, seeds, p, concurrency))
         )

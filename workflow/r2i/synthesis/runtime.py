@@ -22,8 +22,15 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
-from r2i.client import CallCache, ChatResult, ClientStats, EndpointConfig, ModelCallError, ModelClient
-from r2i.client import open_endpoint
+from r2i.client import (
+    CallCache,
+    ChatResult,
+    ClientStats,
+    EndpointConfig,
+    ModelCallError,
+    ModelClient,
+    open_endpoint,
+)
 from r2i.images import encode_png, resize_to_max_pixels, to_data_url
 
 log = logging.getLogger("r2i.stage")

@@ -1,0 +1,189 @@
+"""End-to-end runs of the real workflow on a tiny toy world, with the simulated models.
+
+The simulator and the toy world are test doubles; everything else (Snakemake rules, the model
+client, caching, parquet) is the production code path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from r2i.toy.audit import audit_dataset
+
+from .e2e import (
+    SENTINEL,
+    SimServer,
+    cache_entries,
+    copy_tree,
+    dataset_rows,
+    kill_tree,
+    snakemake,
+    start_snakemake,
+    tiny_config,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+STAGES = ["objects", "crops", "questions", "answers", "mcq", "difficulty"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete default-style run (launched simulator, API key from the environment)."""
+    wd = tmp_path_factory.mktemp("built")
+    snakemake(wd, config=tiny_config(wd))
+    return wd
+
+
+def _stats(wd: Path, shard: str, stage: str) -> dict:
+    return json.loads((wd / "results/toy/shards" / shard / f"{stage}.stats.json").read_text())
+
+
+def test_dataset_builds_and_is_right(built: Path) -> None:
+    ds_dir = built / "results/toy/dataset"
+    import datasets
+
+    ds = datasets.load_dataset(
+        "parquet",
+        data_files={"train": str(ds_dir / "train.parquet"), "validation": str(ds_dir / "val.parquet")},
+    )
+    n = ds["train"].num_rows + ds["validation"].num_rows
+    assert n >= 5
+    row = ds["train"][0]
+    assert row["prompt"][0]["role"] == "user" and row["prompt"][0]["content"].startswith("<image>")
+    assert row["reward_model"]["ground_truth"] in "ABCD"
+    assert isinstance(row["images"][0]["bytes"], bytes)
+    assert {"question", "dimension", "box", "image_hash"} <= set(row["extra_info"])
+
+    audit = audit_dataset([ds_dir / "train.parquet", ds_dir / "val.parquet"], built / "resources/toy")
+    assert audit.items == n and audit.accuracy >= 0.95, audit.to_dict()
+
+    funnel = json.loads((ds_dir / "funnel.json").read_text())
+    assert {"too_small", "truncated", "not_an_image"} <= set(funnel["manifest"]["by_reason"])
+    reasons = {s["stage"]: s["reasons"] for s in funnel["stages"]}
+    assert reasons["objects"].keys() & {"not_unique", "low_score", "not_found"}
+    assert "too_large" in reasons["crops"]
+    assert "invalid_question" in reasons["questions"]
+    assert reasons["difficulty"].get("too_easy", 0) > 0
+    assert (ds_dir / "README.md").read_text().count("SIMULATED") == 1
+    contamination = json.loads((ds_dir / "contamination.json").read_text())
+    assert contamination["checked_against"] == ["toy_zoombench"] and contamination["contaminated"] == []
+
+
+def test_api_key_never_written(built: Path) -> None:
+    leaked = []
+    for path in built.rglob("*"):
+        if path.is_file() and SENTINEL.encode() in path.read_bytes():
+            leaked.append(str(path))
+    assert not leaked
+    # ...and the key was really used: the simulator requires it (--api-key-env).
+    assert _stats(built, "000", "objects")["calls"]["requests_sent"] > 0
+
+
+def test_noop_rerun_does_nothing(built: Path) -> None:
+    res = snakemake(built, "-n", config=tiny_config(built))
+    assert "Nothing to be done" in res.stdout + res.stderr
+
+
+def test_threshold_change_reruns_only_affected_stages_without_calls(built: Path, tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    copy_tree(built, wd)
+    before = {s: (wd / f"results/toy/shards/000/{s}.parquet").stat().st_mtime_ns for s in STAGES}
+    time.sleep(0.05)
+    snakemake(wd, config=tiny_config(wd, synthesis__answers={"min_agreement": 0.5}))
+    after = {s: (wd / f"results/toy/shards/000/{s}.parquet").stat().st_mtime_ns for s in STAGES}
+    for s in ("objects", "crops", "questions"):
+        assert after[s] == before[s], f"{s} should not rerun"
+    for s in ("answers", "mcq", "difficulty"):
+        assert after[s] > before[s], f"{s} should rerun"
+        for shard in ("000", "001"):
+            calls = _stats(wd, shard, s)["calls"]
+            assert calls["requests_sent"] == 0 and calls["cache_hits"] == calls["calls"] > 0
+
+
+def test_one_image_change_reruns_one_shard(built: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    wd = tmp_path / "wd"
+    copy_tree(built, wd)
+    shards = {p.name: json.loads(p.read_text()) for p in (wd / "results/toy/manifest/shards").glob("*.json")}
+    target = next(img for s in shards.values() for img in s["images"])
+    path = wd / "resources/toy/pools/toy" / Path(target["path"]).name
+    img = Image.open(path).convert("RGB")
+    img.putpixel((0, 0), (1, 2, 3))
+    img.save(path)
+    dry = snakemake(wd, "-n", config=tiny_config(wd)).stdout
+    assert "manifest" in dry
+    snakemake(wd, config=tiny_config(wd))
+    rerun = {
+        shard for shard in ("000", "001")
+        if (wd / f"results/toy/shards/{shard}/objects.parquet").stat().st_mtime_ns
+        > (built / f"results/toy/shards/{shard}/objects.parquet").stat().st_mtime_ns
+    }  # fmt: skip
+    changed = {
+        name.removeprefix("shard-").removesuffix(".json")
+        for name, s in shards.items()
+        if s != json.loads((wd / "results/toy/manifest/shards" / name).read_text())
+    }
+    assert len(changed) <= 2 and len(rerun) == len(changed) >= 1
+    assert rerun == changed
+
+
+# ------------------------------------------------------------------------- kill and resume
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """World generated and manifest built; no model-backed stage has run yet."""
+    wd = tmp_path_factory.mktemp("prepared")
+    snakemake(wd, "--until", "manifest", config=tiny_config(wd))
+    return wd
+
+
+@pytest.fixture(scope="module")
+def clean_run(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    wd = tmp_path_factory.mktemp("clean") / "wd"
+    copy_tree(prepared, wd)
+    server = SimServer(wd / "resources/toy", wd / "sim.log")
+    try:
+        snakemake(wd, config=tiny_config(wd, base_url=server.url))
+        n = server.requests()
+    finally:
+        server.close()
+    assert n == cache_entries(wd / "cache"), "a clean run sends every distinct call exactly once"
+    return wd, n
+
+
+@pytest.mark.parametrize("kill_after", ["objects", "questions", "mcq"])
+def test_kill_and_resume_loses_nothing_and_resends_nothing(
+    prepared: Path, clean_run: tuple[Path, int], tmp_path: Path, kill_after: str
+) -> None:
+    clean_wd, n_calls = clean_run
+    wd = tmp_path / "wd"
+    copy_tree(prepared, wd)
+    server = SimServer(wd / "resources/toy", wd / "sim.log")
+    try:
+        cfg = tiny_config(wd, base_url=server.url)
+        proc = start_snakemake(wd, cfg)
+        hit = wait_for(lambda: any((wd / "results/toy/shards").glob(f"*/{kill_after}.parquet")), 600, proc)
+        assert hit and proc.poll() is None, "the run ended before the kill point"
+        kill_tree(proc)
+        cached_at_kill = cache_entries(wd / "cache")
+        sent_before = server.requests()
+        assert 0 < cached_at_kill < n_calls
+        snakemake(wd, "--unlock", config=cfg)
+        snakemake(wd, config=cfg)
+        resent = server.requests() - sent_before
+    finally:
+        server.close()
+    # Every call completed before the kill came from the cache; only the rest was sent.
+    assert resent == n_calls - cached_at_kill
+    assert cache_entries(wd / "cache") == n_calls
+    got, want = dataset_rows(wd), dataset_rows(clean_wd)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k]["reward_model"] == want[k]["reward_model"]
+        assert got[k]["images"][0]["bytes"] == want[k]["images"][0]["bytes"]
+        assert got[k]["extra_info"]["options"] == want[k]["extra_info"]["options"]
