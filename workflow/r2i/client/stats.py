@@ -1,0 +1,59 @@
+"""Counters for one or more :class:`~r2i.client.ModelClient` instances.
+
+Plain counters (no locks) because every client runs on one asyncio event loop; pass the same
+:class:`ClientStats` to several clients to aggregate them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ClientStats"]
+
+
+@dataclass
+class ClientStats:
+    """What the client did, for logs, reports and tests.
+
+    ``requests_sent`` counts HTTP requests (including retries); ``calls`` counts ``chat`` calls
+    (a ``supports_n=False`` call with ``n=4`` is one call but four sub-calls); ``cache_hits`` and
+    ``dedup_hits`` count (sub-)calls answered without a request; ``total_latency_s`` sums the wall
+    time of calls that were actually sent (including their retries and backoff).
+    """
+
+    calls: int = 0
+    requests_sent: int = 0
+    completed: int = 0
+    cache_hits: int = 0
+    dedup_hits: int = 0
+    retries: int = 0
+    retries_by_reason: Counter[str] = field(default_factory=Counter)
+    throttled: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_latency_s: float = 0.0
+    errors: int = 0
+    errors_by_reason: Counter[str] = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable snapshot."""
+        return {
+            "calls": self.calls,
+            "requests_sent": self.requests_sent,
+            "completed": self.completed,
+            "cache_hits": self.cache_hits,
+            "dedup_hits": self.dedup_hits,
+            "retries": self.retries,
+            "retries_by_reason": dict(sorted(self.retries_by_reason.items())),
+            "throttled": self.throttled,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_latency_s": round(self.total_latency_s, 6),
+            "mean_latency_s": round(self.total_latency_s / self.completed, 6)
+            if self.completed
+            else None,
+            "errors": self.errors,
+            "errors_by_reason": dict(sorted(self.errors_by_reason.items())),
+        }
