@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -78,10 +79,8 @@ def start_snakemake(workdir: Path, config: Path, *args: str) -> subprocess.Popen
 
 def kill_tree(proc: subprocess.Popen[str]) -> None:
     """SIGKILL the whole process group: snakemake, its jobs and anything they launched."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=30)
 
 

@@ -153,7 +153,7 @@ def to_verl_row(r: Row, index: int, split: str, fmt: PromptTemplate, settings: M
                     "prompt_sha", "writer_prompt_sha", "validator_prompt_sha", "answer_prompt_sha",
                     "consensus_prompt_sha", "distractor_prompt_sha", "votes", "student_samples",
                     "score", "segmenter",
-                )},  # fmt: skip
+                )},
                 sort_keys=True,
             ),
         },
@@ -182,7 +182,7 @@ def write_verl_parquet(path: str | Path, rows: list[dict[str, Any]]) -> None:
                         ("student_correct", pa.int64()), ("teacher_models", pa.list_(pa.string())),
                         ("provenance", pa.string()),
                     ]
-                ),  # fmt: skip
+                ),
             ),
         ]
     )
@@ -289,10 +289,18 @@ def gather(
             clean.append(r)
 
     splits = assign_splits([r.record["image_hash"] for r in clean], settings["val_fraction"], settings["seed"])
+    item_split = {r.item_id: splits[r.record["image_hash"]] for r in clean}
+    split_unit = "image"
+    if settings["val_fraction"] > 0 and len(clean) > 1 and "val" not in item_split.values():
+        # Too few source images to hold one out (tiny runs): hold out items instead, and say so.
+        split_unit = "item"
+        ranked = sorted(clean, key=lambda r: _split_key(r.item_id, settings["seed"]))
+        n_val = max(1, round(settings["val_fraction"] * len(clean)))
+        item_split.update({r.item_id: "val" for r in ranked[:n_val]})
     fmt = load_template(answer_format_path, "answer_format")
     out: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
     for r in sorted(clean, key=lambda x: x.item_id):
-        split = splits[r.record["image_hash"]]
+        split = item_split[r.item_id]
         out[split].append(to_verl_row(r, len(out[split]), split, fmt, settings))
     write_verl_parquet(out_train, out["train"])
     write_verl_parquet(out_val, out["val"])
@@ -300,6 +308,7 @@ def gather(
     funnel = build_funnel(read_json(manifest_summary_path), tables)
     funnel["contamination"] = {"removed": len(contaminated)}
     funnel["splits"] = {k: len(v) for k, v in out.items()}
+    funnel["split_unit"] = split_unit
     write_json(out_funnel, funnel)
     write_json(
         out_contamination,
