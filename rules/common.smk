@@ -95,8 +95,17 @@ def uses_simulator():
     )
 
 
-def segmenter_gpus():
-    return 1 if config["segmenter"]["backend"] == "sam3" else 0
+def stage_gpus(roles, segmenter=False):
+    """GPUs a stage job needs: its launched model servers (each once) plus SAM3 if used."""
+    endpoints = {config["models"][r]["endpoint"] for r in roles}
+    gpus = sum(
+        config["endpoints"][e]["gpus"]
+        for e in sorted(endpoints)
+        if "launch" in config["endpoints"][e]
+    )
+    if segmenter and config["segmenter"]["backend"] == "sam3":
+        gpus += 1
+    return gpus
 
 
 def benchmark_files():

@@ -65,7 +65,7 @@ rule objects:
     conda:
         "../envs/cpu-synthesis.yaml"
     resources:
-        gpu=segmenter_gpus(),
+        gpu=stage_gpus(["teacher"], segmenter=True),
     params:
         **stage_params("objects", ["teacher"]),
         segmenter=config["segmenter"],
@@ -101,6 +101,8 @@ rule questions:
         LOGS / "shards" / "{shard}" / "questions.log",
     conda:
         "../envs/cpu-synthesis.yaml"
+    resources:
+        gpu=stage_gpus(["teacher"]),
     params:
         **stage_params("questions", ["teacher"]),
     script:
@@ -119,6 +121,8 @@ rule answers:
         LOGS / "shards" / "{shard}" / "answers.log",
     conda:
         "../envs/cpu-synthesis.yaml"
+    resources:
+        gpu=stage_gpus(["teacher", "teacher_b", "consensus"]),
     params:
         **stage_params("answers", ["teacher", "teacher_b", "consensus"]),
     script:
@@ -136,6 +140,8 @@ rule mcq:
         LOGS / "shards" / "{shard}" / "mcq.log",
     conda:
         "../envs/cpu-synthesis.yaml"
+    resources:
+        gpu=stage_gpus(["teacher"]),
     params:
         **stage_params("mcq", ["teacher"]),
     script:
@@ -153,6 +159,8 @@ rule difficulty:
         LOGS / "shards" / "{shard}" / "difficulty.log",
     conda:
         "../envs/cpu-synthesis.yaml"
+    resources:
+        gpu=stage_gpus(["student", "judge"]),
     params:
         **stage_params("difficulty", ["student", "judge"]),
     script:

@@ -66,7 +66,16 @@ def _finish(stage: str, rows: list[Row], n_in: int, out: str, stats_out: str, st
     log.info("%s: %d in, %d kept, dropped %s", stage, n_in, stats["kept"], dict(reasons))
 
 
-def run_stage(
+def run_stage(stage: str, **kwargs: Any) -> None:
+    """Run one synthesis stage for one shard; any failure is also written to the stage's log."""
+    try:
+        _run_stage(stage, **kwargs)
+    except Exception:
+        log.exception("%s failed", stage)
+        raise
+
+
+def _run_stage(
     stage: str,
     *,
     inputs: Mapping[str, str],

@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import io
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -31,11 +33,14 @@ from r2i.client import (
     ModelClient,
     open_endpoint,
 )
-from r2i.images import encode_png, resize_to_max_pixels, to_data_url
+from r2i.images import decode_image, encode_png, resize_to_max_pixels, to_data_url
 
 log = logging.getLogger("r2i.stage")
 
 T = TypeVar("T")
+
+
+_ENDPOINT_FIELDS = {f.name for f in dataclasses.fields(EndpointConfig)}
 
 
 @dataclass
@@ -67,7 +72,8 @@ class ModelSet:
         clients: dict[str, ModelClient] = {}
         try:
             for role, spec in self._specs.items():
-                ep = dict(spec["endpoint_config"])
+                # Keys that only the workflow uses (e.g. the GPUs a launched server needs).
+                ep = {k: v for k, v in spec["endpoint_config"].items() if k in _ENDPOINT_FIELDS}
                 name = ep["name"]
                 if name not in clients:
                     cfg = EndpointConfig(**ep)
@@ -87,13 +93,24 @@ class ModelSet:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
-    def image_url(self, image: Image.Image, key: str, max_pixels: int | None) -> str:
-        """PNG data URL of ``image`` (downscaled to ``max_pixels``), memoised by ``key``."""
+    def image_url(self, image: Image.Image | bytes, key: str, max_pixels: int | None) -> str:
+        """Data URL of ``image`` (downscaled to ``max_pixels``), memoised by ``key``.
+
+        Encoded bytes (a stored crop or boxed image) are sent as they are when they fit the pixel
+        budget: no decode and re-encode per request.
+        """
         k = (key, max_pixels)
         url = self._url_cache.get(k)
         if url is None:
-            img = resize_to_max_pixels(image, max_pixels) if max_pixels else image
-            url = to_data_url(encode_png(img, compress_level=1), "image/png")
+            if isinstance(image, bytes):
+                mime = "image/png" if image[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
+                if max_pixels is None or _pixels(image) <= max_pixels:
+                    url = to_data_url(image, mime)
+                else:
+                    image = decode_image(image, key)
+            if url is None:
+                img = resize_to_max_pixels(image, max_pixels) if max_pixels else image
+                url = to_data_url(encode_png(img, compress_level=1), "image/png")
             if len(self._url_cache) > 64:
                 self._url_cache.pop(next(iter(self._url_cache)))
             self._url_cache[k] = url
@@ -103,7 +120,7 @@ class ModelSet:
         self,
         role: str,
         text: str,
-        images: Sequence[tuple[str, Image.Image]] = (),
+        images: Sequence[tuple[str, Image.Image | bytes]] = (),
         *,
         n: int = 1,
         seed: int,
@@ -131,6 +148,12 @@ class ModelSet:
 
     def model_name(self, role: str) -> str:
         return self.roles[role].model
+
+
+def _pixels(data: bytes) -> int:
+    """Pixel count from the image header (no decode)."""
+    with Image.open(io.BytesIO(data)) as im:
+        return im.width * im.height
 
 
 class Progress:

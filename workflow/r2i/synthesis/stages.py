@@ -9,7 +9,6 @@ Seeds are derived from item ids, so every request (and therefore every cache key
 from __future__ import annotations
 
 import asyncio
-import io
 import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -62,12 +61,6 @@ def _group_by_image(rows: Sequence[Row]) -> dict[str, list[Row]]:
 
 async def _load(path: str) -> Image.Image:
     return await asyncio.to_thread(load_image, path)
-
-
-def _png(blob: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(blob))
-    img.load()
-    return img.convert("RGB")
 
 
 # --------------------------------------------------------------------------- stage 1: objects
@@ -186,7 +179,7 @@ async def questions_stage(
     writer, validator = prompts["write_questions"], prompts["validate_question"]
 
     async def one_crop(r: Row, image: Image.Image) -> list[Row]:
-        crop = _png(r.blob)  # type: ignore[arg-type]
+        crop: bytes = r.blob  # type: ignore[assignment]
         cid = r.item_id
         examples = sample_examples(seed_questions, p["n_examples"], stable_seed(cid, "examples"))
         text = writer.render(n_questions=p["per_crop"], examples=examples)
@@ -201,8 +194,7 @@ async def questions_stage(
             return [dropped(f"{cid}-q*", cid, f"unparseable_questions:{err.reason}", {**prov, "reply": res.texts[0][-500:]})]
         if not questions:
             return [dropped(f"{cid}-q*", cid, "no_questions", prov)]
-        rows = []
-        for k, q in enumerate(questions[: p["per_crop"]]):
+        async def validate(k: int, q: str) -> Row:
             qid = f"{cid}-q{k}"
             vres = await models.chat(
                 "teacher", validator.render(question=q),
@@ -214,11 +206,11 @@ async def questions_stage(
             try:
                 valid, why = parse_validation(vres.texts[0])
             except ParseError as err:
-                rows.append(dropped(qid, cid, f"unparseable_validation:{err.reason}", rec))
-                continue
+                return dropped(qid, cid, f"unparseable_validation:{err.reason}", rec)
             rec["validation_reason"] = why
-            rows.append(kept(qid, cid, rec) if valid else dropped(qid, cid, "invalid_question", rec))
-        return rows
+            return kept(qid, cid, rec) if valid else dropped(qid, cid, "invalid_question", rec)
+
+        return list(await asyncio.gather(*(validate(k, q) for k, q in enumerate(questions[: p["per_crop"]]))))
 
     async def work(group: list[Row]) -> list[Row]:
         try:
@@ -258,7 +250,7 @@ async def answers_stage(
 
     async def work(r: Row) -> list[Row]:
         qid, cid = r.item_id, r.parent_id or ""
-        crop = _png(crop_blobs[cid])
+        crop = crop_blobs[cid]
         text = answer_t.render(question=r.record["question"])
         sampling = {"temperature": p["temperature"], "top_p": p["top_p"], "max_tokens": p["max_tokens"]}
         res_a, res_b = await asyncio.gather(
@@ -340,12 +332,18 @@ async def mcq_stage(
 
     async def one(r: Row, image: Image.Image) -> list[Row]:
         qid = r.item_id
-        boxed, big = await asyncio.to_thread(render_boxed, image, r.record["crop_box"], p)
+        encode = encode_png if p["image_format"] == "png" else encode_jpeg
+
+        def boxed_bytes() -> tuple[bytes, list[float]]:
+            img, big = render_boxed(image, r.record["crop_box"], p)
+            return encode(img), big
+
+        blob, big = await asyncio.to_thread(boxed_bytes)
         focus_q = focus_t.render(question=r.record["question"])
         res = await models.chat(
             "teacher",
             distract_t.render(question=focus_q, answer=r.record["ground_truth"], n_distractors=p["n_distractors"]),
-            [(f"boxed:{qid}", boxed)], seed=seed_for(qid, "distractors"),
+            [(f"boxed:{qid}", blob)], seed=seed_for(qid, "distractors"),
             temperature=p["temperature"], max_tokens=p["max_tokens"],
         )  # fmt: skip
         rec = {**r.record, "box_expanded": big, "focus_question": focus_q, "distractor_prompt_sha": distract_t.sha}
@@ -361,8 +359,6 @@ async def mcq_stage(
             options=options, answer_letter=letter,
             mcq_text=mcq_t.render(question=focus_q, options=format_options(options)),
         )  # fmt: skip
-        encode = encode_png if p["image_format"] == "png" else encode_jpeg
-        blob = await asyncio.to_thread(encode, boxed)
         return [kept(qid, qid, rec, blob)]
 
     async def work(group: list[Row]) -> list[Row]:
@@ -397,30 +393,29 @@ async def difficulty_stage(
 
     async def work(r: Row) -> list[Row]:
         qid = r.item_id
-        boxed = _png(r.blob)  # type: ignore[arg-type]
+        boxed: bytes = r.blob  # type: ignore[assignment]
         res = await models.chat(
             "student", fmt_t.render(question=r.record["mcq_text"]), [(f"boxed:{qid}", boxed)],
             n=p["samples"], seed=seed_for(qid, "student"), temperature=p["temperature"],
             top_p=p["top_p"], max_tokens=p["max_tokens"],
         )  # fmt: skip
         letter = r.record["answer_letter"]
-        samples = []
-        for i, t in enumerate(res.texts):
+
+        async def grade(i: int, t: str) -> dict[str, Any]:
             ans = extract_answer_tag(t)
             if not ans:
-                samples.append({"answer": None, "correct": False, "by": "no_answer_tag"})
-            elif first_option_letter(ans) == letter:
-                samples.append({"answer": ans, "correct": True, "by": "letter"})
-            elif first_option_letter(ans) is not None:
-                samples.append({"answer": ans, "correct": False, "by": "letter"})
-            else:
-                jres = await models.chat(
-                    "judge",
-                    judge_t.render(question=r.record["mcq_text"], reference=f"{letter}. {r.record['ground_truth']}", answer=ans),
-                    seed=seed_for(qid, f"judge-{i}"), temperature=0.0, max_tokens=16,
-                )  # fmt: skip
-                verdict = jres.texts[0].strip().lower().startswith("yes")
-                samples.append({"answer": ans, "correct": verdict, "by": "judge"})
+                return {"answer": None, "correct": False, "by": "no_answer_tag"}
+            picked = first_option_letter(ans)
+            if picked is not None:
+                return {"answer": ans, "correct": picked == letter, "by": "letter"}
+            jres = await models.chat(
+                "judge",
+                judge_t.render(question=r.record["mcq_text"], reference=f"{letter}. {r.record['ground_truth']}", answer=ans),
+                seed=seed_for(qid, f"judge-{i}"), temperature=0.0, max_tokens=16,
+            )  # fmt: skip
+            return {"answer": ans, "correct": jres.texts[0].strip().lower().startswith("yes"), "by": "judge"}
+
+        samples = list(await asyncio.gather(*(grade(i, t) for i, t in enumerate(res.texts))))
         n_right = sum(s["correct"] for s in samples)
         rec = {
             **r.record, "student_samples": samples, "student_correct": n_right,
