@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from PIL import Image
@@ -61,6 +61,34 @@ def _group_by_image(rows: Sequence[Row]) -> dict[str, list[Row]]:
 
 async def _load(path: str) -> Image.Image:
     return await asyncio.to_thread(load_image, path)
+
+
+async def _per_image(
+    rows: Sequence[Row],
+    one: Callable[[Row, Image.Image], Awaitable[list[Row]]],
+    *,
+    label: str,
+    concurrency: int,
+    out_id: Callable[[Row], str] = lambda r: r.item_id,
+) -> list[Row]:
+    """Run ``one(row, image)`` for every row, decoding each source image once for its rows.
+
+    An image that no longer decodes drops its rows (``image:<reason>``); a persistent model error
+    drops only the row it happened on.
+    """
+
+    async def work(group: list[Row]) -> list[Row]:
+        try:
+            image = await _load(group[0].record["image_path"])
+        except ImageError as err:
+            return [dropped(out_id(r), r.item_id, f"image:{err.reason}", r.record) for r in group]
+        parts = await asyncio.gather(*(_guard(one(r, image), out_id(r), r.item_id) for r in group))
+        return [row for part in parts for row in part]
+
+    return await run_items(
+        list(_group_by_image(rows).values()), work, concurrency=concurrency, label=label,
+        on_error=lambda g, err: [x for r in g for x in _error_rows(out_id(r), r.item_id, err)],
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- stage 1: objects
@@ -133,37 +161,23 @@ async def objects_stage(
 async def crops_stage(objects: Sequence[Row], p: Mapping[str, Any], concurrency: int) -> list[Row]:
     """Micro-crops: clamp, drop boxes covering >= max_area_fraction, crop and upscale (Lanczos)."""
 
-    async def work(group: list[Row]) -> list[Row]:
-        first = group[0].record
-        try:
-            image = await _load(first["image_path"])
-        except ImageError as err:
-            return [dropped(r.item_id, r.item_id, f"image:{err.reason}", r.record) for r in group]
+    def crop_one(r: Row, image: Image.Image) -> list[Row]:
+        w, h = image.size
+        box = clamp_box(r.record["box"], w, h)
+        frac = box_area_fraction(box, w, h)
+        rec = {**r.record, "crop_box": list(box), "area_fraction": frac}
+        if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+            return [dropped(r.item_id, r.item_id, "degenerate_box", rec)]
+        if frac >= p["max_area_fraction"]:
+            return [dropped(r.item_id, r.item_id, "too_large", rec)]
+        crop = crop_upscale(image, box, p["upscale"])
+        rec["crop_size"] = list(crop.size)
+        return [kept(r.item_id, r.item_id, rec, encode_png(crop))]
 
-        def crop_all() -> list[Row]:
-            out = []
-            w, h = image.size
-            for r in group:
-                box = clamp_box(r.record["box"], w, h)
-                frac = box_area_fraction(box, w, h)
-                rec = {**r.record, "crop_box": list(box), "area_fraction": frac}
-                if box[2] - box[0] < 1 or box[3] - box[1] < 1:
-                    out.append(dropped(r.item_id, r.item_id, "degenerate_box", rec))
-                elif frac >= p["max_area_fraction"]:
-                    out.append(dropped(r.item_id, r.item_id, "too_large", rec))
-                else:
-                    crop = crop_upscale(image, box, p["upscale"])
-                    rec["crop_size"] = list(crop.size)
-                    out.append(kept(r.item_id, r.item_id, rec, encode_png(crop)))
-            return out
+    async def one(r: Row, image: Image.Image) -> list[Row]:
+        return await asyncio.to_thread(crop_one, r, image)
 
-        return await asyncio.to_thread(crop_all)
-
-    groups = list(_group_by_image(objects).values())
-    return await run_items(
-        groups, work, concurrency=concurrency, label="crops",
-        on_error=lambda g, err: [r for x in g for r in _error_rows(x.item_id, x.item_id, err)],
-    )  # fmt: skip
+    return await _per_image(objects, one, label="crops (images)", concurrency=concurrency)
 
 
 # --------------------------------------------------------------------------- stage 3: questions
@@ -212,18 +226,9 @@ async def questions_stage(
 
         return list(await asyncio.gather(*(validate(k, q) for k, q in enumerate(questions[: p["per_crop"]]))))
 
-    async def work(group: list[Row]) -> list[Row]:
-        try:
-            image = await _load(group[0].record["image_path"])
-        except ImageError as err:
-            return [dropped(f"{r.item_id}-q*", r.item_id, f"image:{err.reason}", r.record) for r in group]
-        parts = await asyncio.gather(*(_guard(one_crop(r, image), f"{r.item_id}-q*", r.item_id) for r in group))
-        return [row for part in parts for row in part]
-
-    groups = list(_group_by_image(crops).values())
-    return await run_items(
-        groups, work, concurrency=concurrency, label="questions",
-        on_error=lambda g, err: [x for r in g for x in _error_rows(f"{r.item_id}-q*", r.item_id, err)],
+    return await _per_image(
+        crops, one_crop, label="questions (images)", concurrency=concurrency,
+        out_id=lambda r: f"{r.item_id}-q*",
     )  # fmt: skip
 
 
@@ -361,19 +366,7 @@ async def mcq_stage(
         )  # fmt: skip
         return [kept(qid, qid, rec, blob)]
 
-    async def work(group: list[Row]) -> list[Row]:
-        try:
-            image = await _load(group[0].record["image_path"])
-        except ImageError as err:
-            return [dropped(r.item_id, r.item_id, f"image:{err.reason}", r.record) for r in group]
-        parts = await asyncio.gather(*(_guard(one(r, image), r.item_id, r.item_id) for r in group))
-        return [row for part in parts for row in part]
-
-    groups = list(_group_by_image(answers).values())
-    return await run_items(
-        groups, work, concurrency=concurrency, label="mcq",
-        on_error=lambda g, err: [x for r in g for x in _error_rows(r.item_id, r.item_id, err)],
-    )  # fmt: skip
+    return await _per_image(answers, one, label="mcq (images)", concurrency=concurrency)
 
 
 # --------------------------------------------------------------------------- stage 6: difficulty
