@@ -43,8 +43,25 @@ _DefaultFillingValidator = _extend_with_defaults(Draft202012Validator)
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """The main schema plus the top-level sections of ``<name>.schema.yaml`` fragments beside it.
+
+    Each stage family (training, evaluation, ...) keeps its keys in its own fragment file with a
+    top-level ``properties`` mapping (and optional ``$defs``); they are merged here.
+    """
+    path = Path(path)
     with open(path, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+        schema = yaml.safe_load(fh)
+    for frag_path in sorted(path.parent.glob("*.schema.yaml")):
+        if frag_path.resolve() == path.resolve():
+            continue
+        with open(frag_path, encoding="utf-8") as fh:
+            frag = yaml.safe_load(fh) or {}
+        for key in ("properties", "$defs"):
+            clash = set(frag.get(key, {})) & set(schema.get(key, {}))
+            if clash:
+                raise ValueError(f"{frag_path}: {key} {sorted(clash)} already defined")
+            schema.setdefault(key, {}).update(frag.get(key, {}))
+    return schema
 
 
 def _key(path: Any) -> str:
