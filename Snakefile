@@ -27,6 +27,7 @@ if not workflow.config_settings.configfiles:
 
 include: "rules/common.smk"
 include: "rules/synthesis.smk"
+include: "rules/train.smk"
 
 
 rule all:

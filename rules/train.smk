@@ -1,0 +1,59 @@
+# GRPO training of the student with verl (spec "Training (GRPO)") and merging of the last
+# checkpoint into a Hugging Face model. Not part of `rule all`: ask for the targets, e.g.
+#   snakemake --profile profiles/slurm results/<run>/train/<name>/hf
+# The checkpoint dir is deliberately not an output (Snakemake would delete it before a rerun);
+# verl resumes from it (trainer.resume_mode=auto). See docs/training.md.
+
+from r2i.train.overrides import build_overrides
+
+TRAIN = config["train"]
+TRAIN_DIR = RESULTS / "train" / TRAIN["name"]
+TRAIN_CKPT = Path(TRAIN["output_dir"] or TRAIN_DIR / "checkpoints")
+
+
+# verl main_ppo overrides of this run (a param: changing one reruns training)
+TRAIN_OVERRIDES = build_overrides(
+    TRAIN,
+    RESULTS / "dataset" / "train.parquet",
+    RESULTS / "dataset" / "val.parquet",
+    Path(workflow.basedir) / "workflow" / "r2i" / "reward.py",
+    TRAIN_CKPT,
+    experiment_name=f"{config['run']}-{TRAIN['name']}",
+)
+
+
+rule train:
+    input:
+        train=RESULTS / "dataset" / "train.parquet",
+        val=RESULTS / "dataset" / "val.parquet",
+    output:
+        done=TRAIN_DIR / "train.done.json",
+    log:
+        LOGS / "train" / f"{TRAIN['name']}.log",
+    conda:
+        "../envs/training.yaml"
+    resources:
+        nodes=TRAIN["nodes"],
+        gpu=TRAIN["gpus_per_node"],
+    params:
+        overrides=TRAIN_OVERRIDES,
+        nodes=TRAIN["nodes"],
+        gpus_per_node=TRAIN["gpus_per_node"],
+        ckpt_dir=TRAIN_CKPT,
+    script:
+        "../scripts/train.py"
+
+
+rule merge:
+    input:
+        done=TRAIN_DIR / "train.done.json",
+    output:
+        hf=directory(TRAIN_DIR / "hf"),
+    log:
+        LOGS / "train" / f"{TRAIN['name']}.merge.log",
+    conda:
+        "../envs/training.yaml"
+    resources:
+        gpu=1,
+    script:
+        "../scripts/merge.py"
