@@ -28,9 +28,11 @@ if not workflow.config_settings.configfiles:
 include: "rules/common.smk"
 include: "rules/synthesis.smk"
 include: "rules/train.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:
     default_target: True
     input:
         synthesis_targets(),
+        evaluation_targets(),

@@ -339,6 +339,9 @@ class SimServer:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
+        if body.get("tools"):  # OpenAI function calling: <tool_call> text -> tool_calls
+            from r2i.sim.zoomtool_brain import with_tool_calls
+            resp["choices"] = [with_tool_calls(c) for c in resp["choices"]]
         data = json.dumps(resp, ensure_ascii=False).encode("utf-8")
         if fault == "truncated":
             self.faults["truncated"] += 1

@@ -57,6 +57,7 @@ from r2i.toy.world import (
     plausible_values,
 )
 
+from . import zoomtool_brain
 from .brains import SIM_MODELS
 
 __all__ = ["TASK_MARKERS", "Persona", "ToyBrain", "canonical_answer"]
@@ -298,6 +299,8 @@ class ToyBrain:
         params: dict[str, Any],
     ) -> list[str]:
         """``n`` completions; sample ``i`` depends on ``seed + i`` and the request content."""
+        if zoomtool_brain.has_zoom_tool(params, messages):  # evaluation's zoom-tool baseline
+            return zoomtool_brain.zoom_tool_complete(self, model, messages, n, seed, params)
         texts, system, urls = self._parse_messages(messages)
         marker_text = system + "\n" + texts
         task = next((t for t, marker in TASK_MARKERS if marker in marker_text), "unknown")

@@ -1,0 +1,57 @@
+# Evaluation (spec "Evaluation"): each model x benchmark x view (full image, crop, zoom tool)
+# -> per-item JSONL; the views of a model x benchmark -> metrics.json (accuracy per dimension,
+# zooming gap with paired bootstrap intervals, tool baseline accuracy and latency).
+# Input functions and params live in r2i.evaluation.EvalWorkflow; see docs/evaluation.md.
+
+from r2i.evaluation import EvalWorkflow
+
+EVAL_WF = EvalWorkflow(
+    config, RESULTS, resolve=_resolve_workflow_file, error=WorkflowError
+)
+# metrics.json of every evaluation.models x evaluation.benchmarks (for `rule all`).
+evaluation_targets = EVAL_WF.targets
+
+
+rule evaluate:
+    input:
+        benchmark=EVAL_WF.benchmark_file,
+        system_prompt=EVAL_WF.system_prompt,
+        judge_prompt=EVAL_WF.judge_prompt(),
+    output:
+        records=EVAL_WF.records(),
+    log:
+        LOGS / "eval" / "{model}" / "{benchmark}" / "{view}.log",
+    wildcard_constraints:
+        model="[A-Za-z0-9_.-]+",
+        benchmark="[A-Za-z0-9_.-]+",
+        view="full|crop|tool",
+    conda:
+        "../envs/evaluation.yaml"
+    resources:
+        gpu=EVAL_WF.gpus,
+    params:
+        settings=EVAL_WF.params,
+        benchmark_name=lambda wildcards: wildcards.benchmark,
+        view=lambda wildcards: wildcards.view,
+    script:
+        "../scripts/evaluate.py"
+
+
+rule eval_metrics:
+    input:
+        views=EVAL_WF.view_files,
+    output:
+        metrics=EVAL_WF.output("metrics.json"),
+        per_item=EVAL_WF.output("items.jsonl"),
+    log:
+        LOGS / "eval" / "{model}" / "{benchmark}" / "metrics.log",
+    wildcard_constraints:
+        model="[A-Za-z0-9_.-]+",
+        benchmark="[A-Za-z0-9_.-]+",
+    conda:
+        "../envs/evaluation.yaml"
+    params:
+        views=config["evaluation"]["views"],
+        bootstrap=config["evaluation"]["bootstrap"],
+    script:
+        "../scripts/eval_metrics.py"

@@ -1,0 +1,54 @@
+"""Judging of evaluation records: <answer> extraction, rules, then the optional LLM judge."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from r2i.evaluation.benchmarks import EvalItem
+from r2i.evaluation.infer import judge_records
+
+ITEMS = [
+    EvalItem(id="mcq", images=[b""], query="Color?\nA. red\nB. blue", reference="B",
+             options=["red", "blue"]),
+    EvalItem(id="open", images=[b""], query="What is written?", reference="SALE"),
+    EvalItem(id="num", images=[b""], query="How many?", reference="3"),
+]
+
+
+class FakeJudge:
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str, str]] = []
+
+    async def grade(self, question: str, ground_truth: str, answer: str, *,
+                    reference: str | None = None, max_chars: int | None = None) -> tuple[bool, str]:
+        from r2i.judge import rule_verdict
+
+        value, source = rule_verdict(answer, ground_truth, max_chars=max_chars)
+        if value is not None:
+            return value, source
+        self.asked.append((question, reference or "", answer))
+        return answer.lower().startswith("sale"), "judge"
+
+
+def _recs(responses: dict[str, str | None], error: str | None = None) -> list[dict[str, Any]]:
+    return [{"id": k, "response": v, "error": error} for k, v in responses.items()]
+
+
+def test_rules_then_judge() -> None:
+    judge = FakeJudge()
+    recs = _recs({"mcq": "<think>..</think><answer>(B) blue</answer>",
+                  "open": "<answer>SALE sign text: Sale!</answer>", "num": "<answer>three</answer>"})
+    asyncio.run(judge_records(recs, ITEMS, judge))  # type: ignore[arg-type]
+    got = {r["id"]: (r["correct"], r["verdict_source"]) for r in recs}
+    assert got == {"mcq": (True, "mcq_letter"), "open": (True, "judge"), "num": (True, "exact")}
+    assert len(judge.asked) == 1 and judge.asked[0][2] == "SALE sign text: Sale!"
+
+
+def test_without_judge_and_failures() -> None:
+    recs = _recs({"mcq": "B is my answer", "open": "<answer>SALE sign</answer>", "num": None})
+    recs[2]["error"] = "timeout"
+    asyncio.run(judge_records(recs, ITEMS, None))
+    got = {r["id"]: (r["correct"], r["verdict_source"]) for r in recs}
+    assert got == {"mcq": (False, "no_answer_tag"), "open": (False, "undecided_no_judge"),
+                   "num": (False, "model_error")}
