@@ -1,0 +1,245 @@
+"""Attention coverage (r2i.evaluation.attention) on tiny, randomly initialised Qwen-VL models.
+
+The models and processors are built here from configs (no hub download): a byte-level BPE
+tokenizer trained on a few sentences plus the chat template's special tokens, the default
+Qwen2-VL image processor with small min/max pixels, and a 2-layer language model / 2-block vision
+tower. A random model attends almost uniformly, so its coverage must be close to the box's share
+of the token grid.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="attention coverage needs torch (not a CI dependency yet)")
+transformers = pytest.importorskip("transformers", reason="attention coverage needs transformers")
+
+from PIL import Image  # noqa: E402
+
+from r2i.evaluation.attention import (  # noqa: E402
+    box_to_grid_mask,
+    coverage_for_benchmark,
+    coverage_for_item,
+    heatmap_image,
+    image_only_processor,
+    load_model,
+)
+from r2i.evaluation.benchmarks import EvalItem  # noqa: E402
+
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+           "<|image_pad|>", "<|video_pad|>"]
+TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif c['type'] == 'text' %}{{ c['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+KINDS = ["qwen2_5_vl", "qwen3_vl"]
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["What color is the car?", "How many apples are on the table?",
+                             "Read the text on the sign.", "system user assistant"] * 5, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>")
+    fast.chat_template = TEMPLATE
+    return fast
+
+
+def _build(kind: str, out_dir) -> None:
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tok = _tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL}
+    patch = 14 if kind == "qwen2_5_vl" else 16
+    unit = patch * 2
+    ip = Qwen2VLImageProcessorPil(min_pixels=unit * unit * 4, max_pixels=unit * unit * 64,
+                                  patch_size=patch, merge_size=2)
+    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                  vision_start_token_id=ids["<|vision_start|>"],
+                  vision_end_token_id=ids["<|vision_end|>"])
+    if kind == "qwen2_5_vl":
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0,
+                                   "mrope_section": [2, 3, 3]}
+        cfg = transformers.Qwen2_5_VLConfig(
+            text_config=text,
+            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                               out_hidden_size=64, fullatt_block_indexes=[1], window_size=56,
+                               patch_size=patch, spatial_merge_size=2, temporal_patch_size=2),
+            **tokens)
+        model = transformers.Qwen2_5_VLForConditionalGeneration(cfg)
+    else:
+        text["head_dim"] = 16
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0,
+                                   "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+        cfg = transformers.Qwen3VLConfig(
+            text_config=text,
+            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                               out_hidden_size=64, patch_size=patch, spatial_merge_size=2,
+                               temporal_patch_size=2, num_position_embeddings=64,
+                               deepstack_visual_indexes=[0]),
+            **tokens)
+        model = transformers.Qwen3VLForConditionalGeneration(cfg)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    ip.save_pretrained(out_dir)
+    (out_dir / "chat_template.jinja").write_text(TEMPLATE)
+    image_only_processor(out_dir, kind)  # what load_model falls back to: must build
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def tiny(request, tmp_path_factory):
+    kind = request.param
+    if kind == "qwen3_vl" and not hasattr(transformers, "Qwen3VLForConditionalGeneration"):
+        pytest.skip(f"transformers {transformers.__version__} has no Qwen3-VL")
+    d = tmp_path_factory.mktemp(kind)
+    torch.manual_seed(0)
+    _build(kind, d)
+    model, processor = load_model(d, device="cpu")
+    return kind, d, model, processor
+
+
+def _random_image(rng, w, h):
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def _random_box(rng, w, h):
+    bw, bh = rng.uniform(0.15, 0.7) * w, rng.uniform(0.15, 0.7) * h
+    x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+    return [x0, y0, x0 + bw, y0 + bh]
+
+
+def test_box_to_grid_mask_hand_computed():
+    # 300x200 image resized to 252x168 (patch 14, grid_thw (1, 12, 18)), tokens 6x9 of 28 px.
+    # Box (30, 40, 150, 120) * 0.84 -> (25.2, 33.6, 126, 100.8) px -> x 0.9..4.5, y 1.2..3.6 cells.
+    mask = box_to_grid_mask((30, 40, 150, 120), (300, 200), (252, 168), (6, 9))
+    fx = np.array([0.1, 1, 1, 1, 0.5, 0, 0, 0, 0])
+    fy = np.array([0, 0.8, 1, 0.6, 0, 0])
+    np.testing.assert_allclose(mask, np.outer(fy, fx), atol=1e-9)
+    assert mask.mean() == pytest.approx(0.16)  # = the box's share of the image
+    # whole image -> all ones; box outside -> zeros; reversed corners are accepted
+    assert np.all(box_to_grid_mask((0, 0, 300, 200), (300, 200), (252, 168), (6, 9)) == 1)
+    assert box_to_grid_mask((400, 300, 500, 400), (300, 200), (252, 168), (6, 9)).sum() == 0
+    np.testing.assert_allclose(box_to_grid_mask((150, 120, 30, 40), (300, 200), (252, 168), (6, 9)),
+                               mask)
+
+
+def test_item_on_hand_computed_case_and_layer_clamp(tiny):
+    kind, _, model, processor = tiny
+    img = _random_image(np.random.default_rng(1), 300, 200)
+    res = coverage_for_item(model, processor, img, "What color is the car?", (30, 40, 150, 120),
+                            layer=24)
+    assert res["n_layers"] == 2 and res["layer"] == 1 and res["layer_requested"] == 24
+    assert coverage_for_item(model, processor, img, "q", (30, 40, 150, 120), layer=0)["layer"] == 0
+    unit = 28 if kind == "qwen2_5_vl" else 32
+    gh, gw = res["grid"].shape
+    assert res["grid_thw"] == [1, gh * 2, gw * 2]
+    assert res["resized_size"] == [gw * unit, gh * unit]
+    assert res["n_image_tokens"] == gh * gw
+    assert res["grid"].sum() == pytest.approx(1.0)
+    assert 0 < res["image_attention_share"] <= 1
+    assert res["box_share"] == pytest.approx(0.16, abs=0.03)
+    if kind == "qwen2_5_vl":
+        assert (gh, gw) == (6, 9) and res["box_share"] == pytest.approx(0.16)
+
+
+def test_hook_matches_full_attention_output(tiny):
+    """The captured layer equals the model's own output_attentions for that layer."""
+    _, _, model, processor = tiny
+    img = _random_image(np.random.default_rng(2), 240, 180)
+    box = (20, 30, 120, 150)
+    res = coverage_for_item(model, processor, img, "How many apples?", box, layer=1)
+    messages = [{"role": "user", "content": [{"type": "image"},
+                                             {"type": "text", "text": "How many apples?"}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[text], images=[img], return_tensors="pt")
+    with torch.inference_mode():
+        out = model(**inputs, output_attentions=True, use_cache=False)
+    row = out.attentions[1][0, :, -1, :].float().mean(0).numpy()
+    pos = (inputs["input_ids"][0] == processor.image_token_id).numpy()
+    grid = row[pos] / row[pos].sum()
+    np.testing.assert_allclose(res["grid"].ravel(), grid, rtol=1e-4, atol=1e-7)
+    assert res["coverage"] == pytest.approx(float((grid * res["mask"].ravel()).sum()), rel=1e-4)
+
+
+def test_random_model_coverage_near_box_share(tiny):
+    _, _, model, processor = tiny
+    rng = np.random.default_rng(0)
+    covs, shares = [], []
+    for _ in range(8):
+        w, h = int(rng.integers(120, 400)), int(rng.integers(120, 400))
+        img = _random_image(rng, w, h)
+        box = _random_box(rng, w, h)
+        res = coverage_for_item(model, processor, img, "Read the text on the sign.", box)
+        assert 0.0 <= res["coverage"] <= 1.0 and 0.0 < res["box_share"] <= 1.0
+        assert abs(res["coverage"] - res["box_share"]) < 0.25, res
+        covs.append(res["coverage"])
+        shares.append(res["box_share"])
+    assert abs(np.mean(covs) - np.mean(shares)) < 0.1, (covs, shares)
+
+
+def test_image_cap(tiny):
+    _, _, model, processor = tiny
+    img = _random_image(np.random.default_rng(3), 900, 300)
+    res = coverage_for_item(model, processor, img, "q", (0, 0, 450, 300), max_pixels=400 * 100)
+    cw, ch = res["capped_size"]
+    assert cw * ch <= 400 * 100 and abs(cw / ch - 3.0) < 0.05
+    assert res["orig_size"] == [900, 300]
+    assert res["box_share"] == pytest.approx(0.5, abs=0.1)  # left half, on the token grid
+
+
+def test_benchmark_and_heatmap(tiny, tmp_path):
+    _, _, model, processor = tiny
+    rng = np.random.default_rng(4)
+    items = []
+    for i, dim in enumerate(["color", "color", "counting", "ocr"]):
+        img = _random_image(rng, 200, 160)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        items.append(EvalItem(id=f"it{i}", images=[buf.getvalue()], query="What color?",
+                              reference="red", bbox=_random_box(rng, 200, 160), dimension=dim))
+    items.append(EvalItem(id="nobox", images=items[0].images, query="q", reference="x"))
+    out = tmp_path / "cov.jsonl"
+    summary = coverage_for_benchmark((model, processor), items, layer=24, out_jsonl=out,
+                                     heatmap_dir=tmp_path / "maps")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["it0", "it1", "it2", "it3"]
+    assert summary["n"] == 4 and summary["skipped"] == 1 and summary["layer"] == 1
+    assert set(summary["per_dimension"]) == {"color", "counting", "ocr"}
+    assert summary["per_dimension"]["color"]["n"] == 2
+    assert summary["per_dimension"]["color"]["mean_coverage"] == pytest.approx(
+        np.mean([rows[0]["coverage"], rows[1]["coverage"]]))
+    assert abs(summary["mean_coverage"] - summary["mean_box_share"]) < 0.1
+    assert len(list((tmp_path / "maps").glob("*.png"))) == 4
+    grid = np.random.default_rng(0).random((4, 5))
+    hm = heatmap_image(Image.new("RGB", (200, 160), "white"), grid / grid.sum(), (10, 10, 90, 70))
+    assert hm.size == (200, 160) and hm.mode == "RGB"
+
+
+def test_coverage_for_benchmark_loads_model_dir(tiny, tmp_path):
+    _, d, _, _ = tiny
+    img = _random_image(np.random.default_rng(5), 160, 160)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    item = EvalItem(id="a", images=[buf.getvalue()], query="q", reference="r",
+                    bbox=[0, 0, 80, 160], dimension="color")
+    summary = coverage_for_benchmark(d, [item], layer=24)
+    assert summary["n"] == 1 and summary["n_layers"] == 2
+    assert summary["mean_box_share"] == pytest.approx(0.5)

@@ -1,0 +1,409 @@
+"""Attention coverage (spec, "Evaluation", bullet "Attention coverage").
+
+With eager attention, take the attention of the **last prompt token** to the image tokens at one
+decoder layer (paper: layer 24), averaged over heads; map the ground-truth box onto the visual token
+grid; coverage = attention mass inside the box / total attention on the image tokens. Images are
+capped at 2048x1024 pixels (area, aspect kept) before the processor sees them.
+
+Works with Hugging Face Qwen2.5-VL and Qwen3-VL checkpoints (a base model or a merged R2I model
+directory). ``torch`` and ``transformers`` are imported lazily, so importing this module (and the
+pure helpers :func:`box_to_grid_mask` and :func:`heatmap_image`) needs neither.
+
+Grid mapping: the processor resizes the (capped) image to ``(grid_h*patch, grid_w*patch)`` pixels
+(``image_grid_thw = (1, grid_h, grid_w)``) and merges ``merge x merge`` patches into one language-model
+token, so the image tokens form a ``(grid_h/merge, grid_w/merge)`` grid in raster order. The box, in
+original-image pixels, is scaled by resized/original per axis and each token cell gets the fraction
+of its area covered by the box (a soft mask in [0, 1]); coverage is ``sum(attn * mask) / sum(attn)``
+and ``box_share`` is ``mean(mask)`` (the share of the grid the box covers: the coverage of uniform
+attention).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from r2i.images import decode_image, resize_to_max_pixels
+
+__all__ = [
+    "DEFAULT_LAYER",
+    "DEFAULT_MAX_PIXELS",
+    "box_to_grid_mask",
+    "coverage_for_benchmark",
+    "coverage_for_item",
+    "heatmap_image",
+    "image_only_processor",
+    "load_model",
+    "num_text_layers",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LAYER = 24
+DEFAULT_MAX_PIXELS = 2048 * 1024
+
+
+class _Stop(Exception):
+    """Raised by the capture hook to skip the layers after the one we read."""
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def box_to_grid_mask(
+    box_xyxy: Sequence[float],
+    orig_size: tuple[int, int],
+    resized_size: tuple[int, int],
+    grid_hw: tuple[int, int],
+) -> np.ndarray:
+    """Soft mask (grid_h, grid_w) of the token cells covered by ``box_xyxy``.
+
+    ``box_xyxy`` is in original-image pixels, ``orig_size`` and ``resized_size`` are (width, height)
+    of the original image and of the image the processor fed to the vision tower, ``grid_hw`` the
+    language-model token grid. Each cell's value is the fraction of its area inside the box.
+    """
+    ow, oh = orig_size
+    rw, rh = resized_size
+    gh, gw = grid_hw
+    if ow <= 0 or oh <= 0 or gh <= 0 or gw <= 0:
+        raise ValueError(f"bad sizes: orig {orig_size}, grid {grid_hw}")
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    x0, x1 = sorted((x0, x1))
+    y0, y1 = sorted((y0, y1))
+    # original pixels -> resized pixels -> token-grid units
+    sx, sy = rw / ow, rh / oh
+    cw, ch = rw / gw, rh / gh  # pixels per token cell (patch * merge)
+    gx0, gx1 = x0 * sx / cw, x1 * sx / cw
+    gy0, gy1 = y0 * sy / ch, y1 * sy / ch
+    cols = np.arange(gw, dtype=np.float64)
+    rows = np.arange(gh, dtype=np.float64)
+    fx = np.clip(np.minimum(cols + 1, gx1) - np.maximum(cols, gx0), 0.0, 1.0)
+    fy = np.clip(np.minimum(rows + 1, gy1) - np.maximum(rows, gy0), 0.0, 1.0)
+    return np.outer(fy, fx)
+
+
+def heatmap_image(
+    image: Image.Image,
+    grid: np.ndarray,
+    box: Sequence[float] | None = None,
+    alpha: float = 0.5,
+) -> Image.Image:
+    """``image`` with the attention ``grid`` overlaid (red = most attention) and ``box`` outlined."""
+    from PIL import ImageDraw
+
+    base = image.convert("RGB")
+    g = np.asarray(grid, dtype=np.float64)
+    g = g - g.min()
+    if g.max() > 0:
+        g = g / g.max()
+    heat = np.zeros((*g.shape, 3), dtype=np.uint8)
+    heat[..., 0] = (255 * g).astype(np.uint8)
+    heat[..., 2] = (255 * (1 - g)).astype(np.uint8)
+    heat_im = Image.fromarray(heat, "RGB").resize(base.size, Image.Resampling.NEAREST)
+    out = Image.blend(base, heat_im, alpha)
+    if box is not None:
+        draw = ImageDraw.Draw(out)
+        lw = max(2, round(min(base.size) / 200))
+        draw.rectangle([float(v) for v in box], outline=(0, 255, 0), width=lw)
+    return out
+
+
+# --------------------------------------------------------------------------- model side
+
+
+def load_model(model_dir: str | Path, device: str | None = None, dtype: Any = None):
+    """Load a Qwen2.5-VL / Qwen3-VL directory with eager attention; returns ``(model, processor)``.
+
+    float32 on CPU, bfloat16 on GPU unless ``dtype`` says otherwise.
+    """
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoProcessor
+
+    model_dir = str(model_dir)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is None:
+        dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    cfg = AutoConfig.from_pretrained(model_dir)
+    cls_by_type = {
+        "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+        "qwen2_vl": "Qwen2VLForConditionalGeneration",
+        "qwen3_vl": "Qwen3VLForConditionalGeneration",
+        "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
+    }
+    name = cls_by_type.get(cfg.model_type)
+    cls = getattr(transformers, name, None) if name else None
+    if cls is None:
+        cls = transformers.AutoModelForImageTextToText
+    model = cls.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager")
+    model.to(device).eval()
+    processor = None
+    try:
+        processor = AutoProcessor.from_pretrained(model_dir)
+    except Exception as exc:  # e.g. no torchvision: the video processor cannot be built
+        log.info("AutoProcessor failed (%s); building an image-only processor", exc)
+    if processor is None or not hasattr(processor, "image_processor"):
+        # AutoProcessor may also fall back to the bare tokenizer when it cannot build the processor
+        processor = image_only_processor(model_dir, cfg.model_type)
+    return model, processor
+
+
+def image_only_processor(model_dir: str | Path, model_type: str = "qwen2_5_vl", **parts: Any):
+    """A Qwen-VL processor without a video processor (for environments without torchvision).
+
+    Loads the tokenizer and the image processor from ``model_dir`` unless given in ``parts``
+    (``tokenizer``, ``image_processor``, ``chat_template``); the chat template comes from the
+    tokenizer or the directory's ``chat_template.jinja``/``chat_template.json``.
+    """
+    import transformers
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    base_name = {"qwen3_vl": "Qwen3VLProcessor", "qwen3_vl_moe": "Qwen3VLProcessor",
+                 "qwen2_vl": "Qwen2VLProcessor"}.get(model_type, "Qwen2_5_VLProcessor")
+    base = getattr(transformers, base_name)
+
+    class _ImageOnly(base):  # type: ignore[misc, valid-type]
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    tok = parts.get("tokenizer") or AutoTokenizer.from_pretrained(str(model_dir))
+    ip = parts.get("image_processor") or AutoImageProcessor.from_pretrained(str(model_dir))
+    template = parts.get("chat_template") or getattr(tok, "chat_template", None)
+    d = Path(model_dir)
+    if template is None and (d / "chat_template.jinja").exists():
+        template = (d / "chat_template.jinja").read_text(encoding="utf-8")
+    if template is None and (d / "chat_template.json").exists():
+        template = json.loads((d / "chat_template.json").read_text(encoding="utf-8"))["chat_template"]
+    return _ImageOnly(image_processor=ip, tokenizer=tok, video_processor=None, chat_template=template)
+
+
+def _decoder_layers(model) -> Any:
+    """The language model's decoder layers (a ModuleList)."""
+    candidates = ("model.language_model.layers", "language_model.layers",
+                  "model.language_model.model.layers", "language_model.model.layers",
+                  "model.layers")
+    for path in candidates:
+        obj = model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return obj
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def num_text_layers(model) -> int:
+    return len(_decoder_layers(model))
+
+
+def _image_token_id(model, processor) -> int:
+    tid = getattr(processor, "image_token_id", None)
+    if tid is None:
+        tid = getattr(model.config, "image_token_id", None)
+    if tid is None:
+        tid = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    return int(tid)
+
+
+def _patch_and_merge(processor) -> tuple[int, int]:
+    ip = processor.image_processor
+    patch = getattr(ip, "patch_size", None) or 14
+    merge = getattr(ip, "merge_size", None) or 2
+    if isinstance(patch, Sequence):
+        patch = patch[0]
+    return int(patch), int(merge)
+
+
+def _prompt(processor, question: str) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"},
+                                             {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def coverage_for_item(
+    model,
+    processor,
+    image: Image.Image,
+    question: str,
+    box_xyxy: Sequence[float],
+    layer: int = DEFAULT_LAYER,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> dict[str, Any]:
+    """Attention coverage of ``box_xyxy`` (original-image pixels) for one image and question.
+
+    Returns ``coverage``, ``box_share``, ``layer`` (the one used: ``min(layer, n_layers-1)``),
+    ``layer_requested``, ``n_layers``, ``grid`` (numpy (h, w) attention over the image tokens,
+    normalised to sum 1), ``mask`` (the soft box mask on that grid), ``image_attention_share``
+    (the last token's attention on all image tokens, out of 1), ``n_image_tokens``,
+    ``orig_size``/``capped_size``/``resized_size`` (width, height) and ``grid_thw``.
+    """
+    import torch
+
+    orig = image.convert("RGB")
+    capped = resize_to_max_pixels(orig, max_pixels) if max_pixels else orig
+    text = _prompt(processor, question)
+    inputs = processor(text=[text], images=[capped], return_tensors="pt")
+    device = next(model.parameters()).device
+    inputs = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in inputs.items()}
+
+    layers = _decoder_layers(model)
+    n_layers = len(layers)
+    use = max(0, min(int(layer), n_layers - 1)) if layer >= 0 else max(0, n_layers + int(layer))
+
+    captured: dict[str, Any] = {}
+
+    def hook(_module, _args, output):
+        weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+        if weights is None:
+            return None
+        # (batch, heads, q, k): keep the last query row, averaged over heads
+        captured["row"] = weights[0, :, -1, :].float().mean(0).detach().cpu()
+        raise _Stop
+
+    handle = layers[use].self_attn.register_forward_hook(hook)
+    out = None
+    try:
+        with torch.inference_mode():
+            out = model(**inputs, output_attentions=True, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if "row" not in captured:  # attention module did not return weights: use the model's output
+        atts = getattr(out, "attentions", None)
+        if not atts:
+            raise RuntimeError("the model returned no attention weights (is attn_implementation eager?)")
+        captured["row"] = atts[use][0, :, -1, :].float().mean(0).detach().cpu()
+    row = captured["row"].numpy().astype(np.float64)
+
+    ids = inputs["input_ids"][0].detach().cpu().numpy()
+    pos = np.nonzero(ids == _image_token_id(model, processor))[0]
+    thw = [int(v) for v in inputs["image_grid_thw"][0].tolist()]
+    patch, merge = _patch_and_merge(processor)
+    gh, gw = thw[1] // merge, thw[2] // merge
+    if len(pos) != thw[0] * gh * gw:
+        raise RuntimeError(f"{len(pos)} image tokens but grid_thw {thw} (merge {merge})")
+    img_att = row[pos]
+    total = float(img_att.sum())
+    grid = img_att.reshape(thw[0], gh, gw).sum(0)
+    grid = grid / total if total > 0 else np.full_like(grid, 1.0 / grid.size)
+    resized = (thw[2] * patch, thw[1] * patch)
+    mask = box_to_grid_mask(box_xyxy, orig.size, resized, (gh, gw))
+    return {
+        "coverage": float((grid * mask).sum()),
+        "box_share": float(mask.mean()),
+        "layer": use,
+        "layer_requested": int(layer),
+        "n_layers": n_layers,
+        "grid": grid,
+        "mask": mask,
+        "image_attention_share": total / float(row.sum()) if row.sum() > 0 else 0.0,
+        "n_image_tokens": len(pos),
+        "orig_size": list(orig.size),
+        "capped_size": list(capped.size),
+        "resized_size": list(resized),
+        "grid_thw": thw,
+    }
+
+
+def _get(item: Any, name: str, default: Any = None) -> Any:
+    if isinstance(item, dict):
+        return item.get(name, default)
+    return getattr(item, name, default)
+
+
+def coverage_for_benchmark(
+    model_dir: str | Path | tuple[Any, Any],
+    items: Iterable[Any],
+    layer: int = DEFAULT_LAYER,
+    out_jsonl: str | Path | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    heatmap_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Coverage for every item with a bbox; per-item rows go to ``out_jsonl`` (one JSON a line).
+
+    ``items`` are :class:`r2i.evaluation.benchmarks.EvalItem`-like (``id``, ``images`` as encoded
+    bytes, ``query``, ``bbox``, ``dimension``); items without a bbox or image are skipped and
+    counted. ``model_dir`` may also be an already loaded ``(model, processor)`` pair. Heat maps are
+    written to ``heatmap_dir`` as ``<id>.png`` when given. Returns the summary: ``n``, ``skipped``,
+    ``mean_coverage``, ``mean_box_share``, ``per_dimension`` ({dim: {n, mean_coverage,
+    mean_box_share}}), ``layer`` (used) and ``n_layers``.
+    """
+    if isinstance(model_dir, tuple):
+        model, processor = model_dir
+    else:
+        model, processor = load_model(model_dir)
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    fh = None
+    if out_jsonl is not None:
+        Path(out_jsonl).parent.mkdir(parents=True, exist_ok=True)
+        fh = open(out_jsonl, "w", encoding="utf-8")  # noqa: SIM115
+    if heatmap_dir is not None:
+        Path(heatmap_dir).mkdir(parents=True, exist_ok=True)
+    used_layer, n_layers = None, num_text_layers(model)
+    try:
+        for idx, item in enumerate(items):
+            images = _get(item, "images") or []
+            bbox = _get(item, "bbox")
+            if not images or bbox is None:
+                skipped += 1
+                continue
+            item_id = str(_get(item, "id", idx))
+            img = images[0]
+            pil = img if isinstance(img, Image.Image) else decode_image(bytes(img), name=item_id)
+            t0 = time.perf_counter()
+            res = coverage_for_item(model, processor, pil, str(_get(item, "query", "")), bbox,
+                                    layer=layer, max_pixels=max_pixels)
+            used_layer = res["layer"]
+            row = {
+                "id": item_id,
+                "dimension": str(_get(item, "dimension", "") or ""),
+                "bbox": [float(v) for v in bbox],
+                "seconds": round(time.perf_counter() - t0, 3),
+                **{k: v for k, v in res.items() if k not in ("grid", "mask")},
+                "grid_hw": list(res["grid"].shape),
+            }
+            rows.append(row)
+            if fh is not None:
+                fh.write(json.dumps(row) + "\n")
+                fh.flush()
+            if heatmap_dir is not None:
+                safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item_id)
+                heatmap_image(pil, res["grid"], bbox).save(Path(heatmap_dir) / f"{safe}.png")
+    finally:
+        if fh is not None:
+            fh.close()
+
+    def _mean(vals: list[float]) -> float:
+        return float(np.mean(vals)) if vals else math.nan
+
+    by_dim: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_dim[r["dimension"]].append(r)
+    return {
+        "n": len(rows),
+        "skipped": skipped,
+        "layer": used_layer if used_layer is not None else min(layer, n_layers - 1),
+        "n_layers": n_layers,
+        "mean_coverage": _mean([r["coverage"] for r in rows]),
+        "mean_box_share": _mean([r["box_share"] for r in rows]),
+        "per_dimension": {
+            d: {"n": len(rs), "mean_coverage": _mean([r["coverage"] for r in rs]),
+                "mean_box_share": _mean([r["box_share"] for r in rs])}
+            for d, rs in sorted(by_dim.items())
+        },
+    }
