@@ -161,17 +161,16 @@ def test_compute_score_batch_judges_concurrently(judge_server: SimServerProcess,
     kw = judge_kwargs(judge_server.base_url, tmp_path / "cache")
     responses = [wrap("B"), wrap("C"), "no tags", wrap("blue"), wrap("green")]
     responses += [wrap(f"green {'x' * i}") for i in range(1, 11)] + [wrap("blue")]
-    before = judge_server.requests()
-    t0 = time.perf_counter()
+    judge_server.reset()
     outs = compute_score_batch(["r2i"] * len(responses), responses, ["B"] * len(responses),
                                [INFO] * len(responses), **kw)
-    elapsed = time.perf_counter() - t0
     assert [o["source"] for o in outs[:5]] == ["exact", "mcq_letter", "no_answer_tag", "judge",
                                               "judge"]
     assert [o["acc"] for o in outs[:5]] == [1.0, 0.0, 0.0, 1.0, 0.0]
     assert outs[-1] == outs[3]
-    assert judge_server.requests() - before == 12  # unique undecided answers only
-    assert elapsed < 12 * 0.02 + 1.0
+    stats = judge_server.stats()
+    assert stats["requests"] == 12  # unique undecided answers only
+    assert stats["max_in_flight"] > 1  # judged concurrently, not one after the other
 
 
 def test_compute_score_async(judge_server: SimServerProcess, tmp_path: Path):
