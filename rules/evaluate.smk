@@ -55,3 +55,44 @@ rule eval_metrics:
         bootstrap=config["evaluation"]["bootstrap"],
     script:
         "../scripts/eval_metrics.py"
+
+
+# A tiny, randomly initialised Qwen-VL directory (TEST DOUBLE, r2i.toy.tiny_vlm): what the
+# embedded default computes attention coverage on, since no weights can be downloaded.
+rule tiny_vlm:
+    output:
+        model=directory(f"{TOY['dir']}/models/tiny-{{kind}}"),
+    log:
+        LOGS / "toy" / "tiny-{kind}.log",
+    wildcard_constraints:
+        kind="qwen2_5_vl|qwen3_vl",
+    conda:
+        "../envs/evaluation.yaml"
+    params:
+        seed=TOY["seed"],
+    script:
+        "../scripts/tiny_vlm.py"
+
+
+# Attention coverage of a Hugging Face Qwen-VL directory on a benchmark's boxes (docs/attention.md).
+rule attention:
+    input:
+        model=EVAL_WF.attention_model_dir,
+        benchmark=EVAL_WF.benchmark_file,
+    output:
+        rows=EVAL_WF.attention_output("coverage.jsonl"),
+        summary=EVAL_WF.attention_output("summary.json"),
+        heatmaps=directory(EVAL_WF.attention_output("heatmaps")),
+    log:
+        LOGS / "attention" / "{model}" / "{benchmark}.log",
+    wildcard_constraints:
+        model="[A-Za-z0-9_.-]+",
+        benchmark="[A-Za-z0-9_.-]+",
+    conda:
+        "../envs/evaluation.yaml"
+    resources:
+        gpu=config["evaluation"]["attention"]["gpus"],
+    params:
+        settings=EVAL_WF.attention_params,
+    script:
+        "../scripts/attention.py"

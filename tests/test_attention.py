@@ -1,10 +1,7 @@
 """Attention coverage (r2i.evaluation.attention) on tiny, randomly initialised Qwen-VL models.
 
-The models and processors are built here from configs (no hub download): a byte-level BPE
-tokenizer trained on a few sentences plus the chat template's special tokens, the default
-Qwen2-VL image processor with small min/max pixels, and a 2-layer language model / 2-block vision
-tower. A random model attends almost uniformly, so its coverage must be close to the box's share
-of the token grid.
+The models are built locally from configs by r2i.toy.tiny_vlm (no hub download). A random model
+attends almost uniformly, so its coverage must be close to the box's share of the token grid.
 """
 
 from __future__ import annotations
@@ -15,7 +12,8 @@ import json
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="attention coverage needs torch (not a CI dependency yet)")
+torch = pytest.importorskip(
+    "torch", reason="attention coverage needs torch: pip install -e '.[attention]'")
 transformers = pytest.importorskip("transformers", reason="attention coverage needs transformers")
 
 from PIL import Image  # noqa: E402
@@ -29,79 +27,10 @@ from r2i.evaluation.attention import (  # noqa: E402
     load_model,
 )
 from r2i.evaluation.benchmarks import EvalItem  # noqa: E402
+from r2i.toy.tiny_vlm import KINDS as TINY_KINDS  # noqa: E402
+from r2i.toy.tiny_vlm import build_tiny_vlm  # noqa: E402
 
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-           "<|image_pad|>", "<|video_pad|>"]
-TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for c in message['content'] %}{% if c['type'] == 'image' %}"
-    "<|vision_start|><|image_pad|><|vision_end|>{% elif c['type'] == 'text' %}{{ c['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-KINDS = ["qwen2_5_vl", "qwen3_vl"]
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["What color is the car?", "How many apples are on the table?",
-                             "Read the text on the sign.", "system user assistant"] * 5, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>")
-    fast.chat_template = TEMPLATE
-    return fast
-
-
-def _build(kind: str, out_dir) -> None:
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    tok = _tokenizer()
-    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL}
-    patch = 14 if kind == "qwen2_5_vl" else 16
-    unit = patch * 2
-    ip = Qwen2VLImageProcessorPil(min_pixels=unit * unit * 4, max_pixels=unit * unit * 64,
-                                  patch_size=patch, merge_size=2)
-    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
-    tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                  vision_start_token_id=ids["<|vision_start|>"],
-                  vision_end_token_id=ids["<|vision_end|>"])
-    if kind == "qwen2_5_vl":
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0,
-                                   "mrope_section": [2, 3, 3]}
-        cfg = transformers.Qwen2_5_VLConfig(
-            text_config=text,
-            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
-                               out_hidden_size=64, fullatt_block_indexes=[1], window_size=56,
-                               patch_size=patch, spatial_merge_size=2, temporal_patch_size=2),
-            **tokens)
-        model = transformers.Qwen2_5_VLForConditionalGeneration(cfg)
-    else:
-        text["head_dim"] = 16
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0,
-                                   "mrope_section": [2, 3, 3], "mrope_interleaved": True}
-        cfg = transformers.Qwen3VLConfig(
-            text_config=text,
-            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
-                               out_hidden_size=64, patch_size=patch, spatial_merge_size=2,
-                               temporal_patch_size=2, num_position_embeddings=64,
-                               deepstack_visual_indexes=[0]),
-            **tokens)
-        model = transformers.Qwen3VLForConditionalGeneration(cfg)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    ip.save_pretrained(out_dir)
-    (out_dir / "chat_template.jinja").write_text(TEMPLATE)
-    image_only_processor(out_dir, kind)  # what load_model falls back to: must build
+KINDS = list(TINY_KINDS)
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -110,8 +39,8 @@ def tiny(request, tmp_path_factory):
     if kind == "qwen3_vl" and not hasattr(transformers, "Qwen3VLForConditionalGeneration"):
         pytest.skip(f"transformers {transformers.__version__} has no Qwen3-VL")
     d = tmp_path_factory.mktemp(kind)
-    torch.manual_seed(0)
-    _build(kind, d)
+    build_tiny_vlm(kind, d, seed=0)
+    image_only_processor(d, kind)  # what load_model falls back to without torchvision: must build
     model, processor = load_model(d, device="cpu")
     return kind, d, model, processor
 

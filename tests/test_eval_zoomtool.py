@@ -109,7 +109,10 @@ def test_sim_server_adds_structured_tool_calls() -> None:
     assert out["finish_reason"] == "tool_calls"
     assert json.loads(out["message"]["tool_calls"][0]["function"]["arguments"]) == {
         "x0": 1, "y0": 2, "x1": 3, "y1": 4}
-    assert out["message"]["content"] == choice["message"]["content"]
+    assert out["message"]["content"] == "<think>zoom</think>"  # the call left the content
+    only = with_tool_calls({"index": 0, "message": {"role": "assistant",
+                                                    "content": _call(5, 6, 7, 8)[19:]}})
+    assert only["message"]["content"] is None and len(only["message"]["tool_calls"]) == 1
     plain = {"index": 0, "message": {"role": "assistant", "content": "<answer>A</answer>"}}
     assert with_tool_calls(plain) is plain
 
@@ -123,3 +126,31 @@ def test_prompt_transport_sends_no_tools_and_asks_for_the_answer_last() -> None:
     last_user = client.requests[-1]["messages"][-1]
     assert "last turn" in last_user["content"][-1]["text"]
     assert "last turn" not in client.requests[1]["messages"][-1]["content"][-1]["text"]
+
+
+def test_client_turns_structured_tool_calls_back_into_text() -> None:
+    """vLLM with a tool parser: null content + message.tool_calls -> the <tool_call> text the
+    agent parses; calls present in the content too are not doubled."""
+    from r2i.client.client import _parse_completion
+
+    args = {"x0": 1, "y0": 2, "x1": 30, "y1": 40}
+    call = {"id": "c0", "type": "function",
+            "function": {"name": "zoom_in", "arguments": json.dumps(args)}}
+    body = {"choices": [
+        {"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]}},
+        {"index": 1, "message": {"role": "assistant", "content": "look", "tool_calls": [call]}},
+        {"index": 2, "message": {"role": "assistant", "content": _call(1, 2, 30, 40),
+                                 "tool_calls": [call]}},
+        {"index": 3, "message": {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function",
+             "function": {"name": "zoom_in", "arguments": "{not json"}}]}},
+    ]}
+    texts, _, _ = _parse_completion(json.dumps(body).encode(), 4)
+    for text in texts[:3]:
+        calls = parse_tool_calls(text)
+        assert [(c.name, c.arguments) for c in calls] == [("zoom_in", args)], text
+    assert texts[1].startswith("look")
+    assert "{not json" in texts[3]
+    with pytest.raises(Exception, match=r"message\.content"):
+        _parse_completion(json.dumps({"choices": [{"index": 0, "message": {
+            "role": "assistant", "content": None}}]}).encode(), 1)

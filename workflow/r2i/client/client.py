@@ -20,6 +20,7 @@ stored, logged or put into an exception message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
@@ -66,6 +67,30 @@ class _Malformed(Exception):
     """A 200 response whose body is not a usable chat completion."""
 
 
+def _tool_calls_text(calls: Any) -> str:
+    """Structured OpenAI ``message.tool_calls`` as Hermes/Qwen ``<tool_call>`` text blocks.
+
+    A server with a tool parser (vLLM ``--enable-auto-tool-choice``) moves the calls out of the
+    content; the client returns (and caches) text only, so they are written back in the form the
+    model emitted them, where :func:`r2i.evaluation.zoomtool.parse_tool_calls` reads them. A call
+    whose ``arguments`` string is not JSON is kept as the raw string.
+    """
+    if not isinstance(calls, list):
+        return ""
+    blocks: list[str] = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            continue
+        args: Any = fn.get("arguments", {})
+        if isinstance(args, str):
+            with contextlib.suppress(ValueError):
+                args = json.loads(args) if args.strip() else {}
+        blocks.append("\n<tool_call>\n" + json.dumps({"name": fn["name"], "arguments": args})
+                      + "\n</tool_call>")
+    return "".join(blocks)
+
+
 def _parse_completion(raw: bytes, n: int) -> tuple[list[str], dict[str, int], str | None]:
     """Extract ``n`` texts, usage and model name from a chat.completion body, or raise."""
     try:
@@ -85,9 +110,14 @@ def _parse_completion(raw: bytes, n: int) -> tuple[list[str], dict[str, int], st
     for c in choices[:n]:
         msg = c.get("message") if isinstance(c, dict) else None
         content = msg.get("content") if isinstance(msg, dict) else None
+        calls = _tool_calls_text(msg.get("tool_calls")) if isinstance(msg, dict) else ""
+        if calls and isinstance(content, str) and "<tool_call>" in content:
+            calls = ""  # the server left the calls in the content as well
+        if content is None and calls:
+            content = ""
         if not isinstance(content, str):
             raise _Malformed("choice without string 'message.content'")
-        texts.append(content)
+        texts.append(content + calls)
     usage_raw = obj.get("usage")
     usage: dict[str, int] = {}
     if isinstance(usage_raw, dict):

@@ -37,6 +37,16 @@ class ClientStats:
     errors: int = 0
     errors_by_reason: Counter[str] = field(default_factory=Counter)
 
+    def summary(self) -> str:
+        """One log line: calls, cache hits, retries and throttling by reason, errors, tokens."""
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.retries_by_reason.items()))
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors_by_reason.items()))
+        return (f"{self.calls} calls ({self.cache_hits} from cache, {self.requests_sent} HTTP "
+                f"requests), {self.retries} retries{f' ({reasons})' if reasons else ''}, "
+                f"{self.throttled} throttled (429), {self.errors} failed"
+                f"{f' ({errors})' if errors else ''}, {self.prompt_tokens} prompt + "
+                f"{self.completion_tokens} completion tokens")
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable snapshot."""
         return {

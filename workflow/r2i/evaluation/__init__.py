@@ -180,6 +180,8 @@ class EvalWorkflow:
         self.config = config
         self.ev: Mapping[str, Any] = config["evaluation"]
         self.dir = Path(results) / "eval"
+        self.att_dir = Path(results) / "attention"
+        self.att: Mapping[str, Any] = self.ev["attention"]
         self.resolve = resolve
         self.error = error
 
@@ -200,7 +202,38 @@ class EvalWorkflow:
             if name not in benches:
                 out.append(f"evaluation.benchmarks: '{name}' is not defined under 'benchmarks' "
                            f"(defined: {', '.join(sorted(benches)) or 'none'})")
+        for name in self.attention_benchmarks():
+            if name not in benches:
+                out.append(f"evaluation.attention.benchmarks: '{name}' is not defined under "
+                           f"'benchmarks' (defined: {', '.join(sorted(benches)) or 'none'})")
         return out
+
+    def attention_benchmarks(self) -> list[str]:
+        b = self.att["benchmarks"]
+        return list(self.ev["benchmarks"] if b is None else b)
+
+    def attention_targets(self) -> list[Path]:
+        """``summary.json`` of every attention model x benchmark (for ``rule all``)."""
+        return [self.att_dir / m / b / "summary.json" for m in self.att["models"]
+                for b in self.attention_benchmarks()]
+
+    def attention_output(self, name: str) -> str:
+        return str(self.att_dir / "{model}" / "{benchmark}" / name)
+
+    def attention_model_dir(self, wildcards: Any) -> str:
+        """The model directory (a rule output such as the merged student is built first)."""
+        models = self.att["models"]
+        if wildcards.model not in models:
+            raise self.error(f"attention: model '{wildcards.model}' is not in "
+                             f"evaluation.attention.models ({', '.join(models) or 'none'})")
+        return str(models[wildcards.model]["path"])
+
+    def attention_params(self, wildcards: Any) -> dict[str, Any]:
+        """What determines coverage besides the model directory's files."""
+        return {
+            "benchmark": dict(self.config["benchmarks"][wildcards.benchmark]),
+            **{k: self.att[k] for k in ("layer", "max_pixels", "heatmaps", "device")},
+        }
 
     def targets(self) -> list[Path]:
         """``metrics.json`` of every configured model x benchmark (for ``rule all``)."""
@@ -208,7 +241,7 @@ class EvalWorkflow:
         if problems:
             raise self.error("invalid evaluation configuration:\n  - " + "\n  - ".join(problems))
         return [self.dir / m / b / "metrics.json" for m in self.ev["models"]
-                for b in self.ev["benchmarks"]]
+                for b in self.ev["benchmarks"]] + self.attention_targets()
 
     def records(self, model: str = "{model}", benchmark: str = "{benchmark}",
                 view: str = "{view}") -> str:

@@ -37,6 +37,7 @@ from r2i.images import decode_image, resize_to_max_pixels
 __all__ = [
     "DEFAULT_LAYER",
     "DEFAULT_MAX_PIXELS",
+    "AttentionUnavailableError",
     "box_to_grid_mask",
     "coverage_for_benchmark",
     "coverage_for_item",
@@ -44,6 +45,8 @@ __all__ = [
     "image_only_processor",
     "load_model",
     "num_text_layers",
+    "require_backend",
+    "run_attention",
 ]
 
 log = logging.getLogger(__name__)
@@ -319,6 +322,23 @@ def coverage_for_item(
     }
 
 
+def _heatmap_ids(items: Sequence[Any], limit: int | None) -> set[str] | None:
+    """Ids of at most ``limit`` items with a box, round-robin over dimensions (None: all)."""
+    if limit is None:
+        return None
+    by_dim: dict[str, list[str]] = defaultdict(list)
+    for idx, item in enumerate(items):
+        if _get(item, "bbox") is not None and _get(item, "images"):
+            by_dim[str(_get(item, "dimension", "") or "")].append(str(_get(item, "id", idx)))
+    chosen: list[str] = []
+    queues = [list(v) for _, v in sorted(by_dim.items())]
+    while len(chosen) < limit and any(queues):
+        for q in queues:
+            if q and len(chosen) < limit:
+                chosen.append(q.pop(0))
+    return set(chosen)
+
+
 def _get(item: Any, name: str, default: Any = None) -> Any:
     if isinstance(item, dict):
         return item.get(name, default)
@@ -332,20 +352,25 @@ def coverage_for_benchmark(
     out_jsonl: str | Path | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     heatmap_dir: str | Path | None = None,
+    heatmap_limit: int | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Coverage for every item with a bbox; per-item rows go to ``out_jsonl`` (one JSON a line).
 
     ``items`` are :class:`r2i.evaluation.benchmarks.EvalItem`-like (``id``, ``images`` as encoded
     bytes, ``query``, ``bbox``, ``dimension``); items without a bbox or image are skipped and
     counted. ``model_dir`` may also be an already loaded ``(model, processor)`` pair. Heat maps are
-    written to ``heatmap_dir`` as ``<id>.png`` when given. Returns the summary: ``n``, ``skipped``,
+    written to ``heatmap_dir`` as ``<id>.png`` when given: for every item, or for at most
+    ``heatmap_limit`` items taken one dimension at a time (so a few maps show every dimension). Returns the summary: ``n``, ``skipped``,
     ``mean_coverage``, ``mean_box_share``, ``per_dimension`` ({dim: {n, mean_coverage,
     mean_box_share}}), ``layer`` (used) and ``n_layers``.
     """
     if isinstance(model_dir, tuple):
         model, processor = model_dir
     else:
-        model, processor = load_model(model_dir)
+        model, processor = load_model(model_dir, device=device)
+    items = list(items)
+    chosen = _heatmap_ids(items, heatmap_limit)
     rows: list[dict[str, Any]] = []
     skipped = 0
     fh = None
@@ -378,10 +403,12 @@ def coverage_for_benchmark(
                 "grid_hw": list(res["grid"].shape),
             }
             rows.append(row)
+            if len(rows) % 10 == 0:
+                log.info("attention: %d items done (last %.2f s/item)", len(rows), row["seconds"])
             if fh is not None:
                 fh.write(json.dumps(row) + "\n")
                 fh.flush()
-            if heatmap_dir is not None:
+            if heatmap_dir is not None and (chosen is None or item_id in chosen):
                 safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item_id)
                 heatmap_image(pil, res["grid"], bbox).save(Path(heatmap_dir) / f"{safe}.png")
     finally:
@@ -407,3 +434,62 @@ def coverage_for_benchmark(
             for d, rs in sorted(by_dim.items())
         },
     }
+
+
+class AttentionUnavailableError(RuntimeError):
+    """torch/transformers are missing: attention coverage cannot run in this environment."""
+
+
+def require_backend() -> None:
+    """Fail with how to fix it when torch or transformers cannot be imported."""
+    missing = []
+    for mod in ("torch", "transformers"):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise AttentionUnavailableError(
+            f"attention coverage needs {' and '.join(missing)}: install the 'attention' extra "
+            "(pip install -e '.[attention]', CPU torch==2.13.0) or use envs/evaluation.yaml; "
+            "or set evaluation.attention.models: {} to skip it")
+
+
+def run_attention(model_dir: str | Path, benchmark: str, benchmark_spec: dict[str, Any], *,
+                  rows_out: str | Path, summary_out: str | Path, heatmap_dir: str | Path,
+                  model_name: str = "", layer: int = DEFAULT_LAYER,
+                  max_pixels: int = DEFAULT_MAX_PIXELS, heatmaps: int = 6,
+                  device: str | None = None) -> dict[str, Any]:
+    """The ``attention`` rule: coverage of one model directory on one benchmark.
+
+    Writes per-item rows (JSONL), the summary (JSON: the :func:`coverage_for_benchmark` summary
+    plus model, benchmark and timing) and up to ``heatmaps`` heat-map PNGs.
+    """
+    from r2i.evaluation.benchmarks import load_benchmark
+    from r2i.io import write_json
+
+    require_backend()
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").exists():
+        raise FileNotFoundError(f"attention: model directory {model_dir} has no config.json "
+                                "(expected a Hugging Face Qwen2.5-VL / Qwen3-VL checkpoint)")
+    items = load_benchmark(benchmark, benchmark_spec)
+    t0 = time.perf_counter()
+    tmp_rows = Path(f"{rows_out}.partial")
+    summary = coverage_for_benchmark(model_dir, items, layer=layer, out_jsonl=tmp_rows,
+                                     max_pixels=max_pixels, heatmap_dir=heatmap_dir,
+                                     heatmap_limit=heatmaps, device=device)
+    if summary["n"] == 0:
+        raise ValueError(f"attention: benchmark '{benchmark}' has no item with a bbox and an "
+                         f"image ({summary['skipped']} items skipped); coverage needs the box")
+    tmp_rows.replace(rows_out)
+    tiny = model_dir / "R2I_TINY_RANDOM_MODEL.json"
+    summary = {"model": model_name or model_dir.name, "model_dir": str(model_dir),
+               "benchmark": benchmark, "tiny_random_model": tiny.exists(),
+               "layer_requested": layer, "max_pixels": max_pixels,
+               "seconds": round(time.perf_counter() - t0, 2), **summary}
+    write_json(summary_out, summary)
+    log.info("attention %s on %s: %d items, mean coverage %.4f vs box share %.4f (layer %s of %s)",
+             summary["model"], benchmark, summary["n"], summary["mean_coverage"],
+             summary["mean_box_share"], summary["layer"], summary["n_layers"])
+    return summary

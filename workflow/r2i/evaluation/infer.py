@@ -27,6 +27,7 @@ from r2i.client import ModelCallError, ModelClient, user_message
 from r2i.images import decode_image, encode_png, resize_to_max_pixels
 from r2i.judge import LLMJudge, judge_question, judge_reference, rule_verdict
 from r2i.parsing import extract_answer_tag
+from r2i.synthesis.runtime import Progress
 
 from .benchmarks import EvalItem
 
@@ -115,17 +116,15 @@ async def infer_item(client: ModelClient, model: str, item: EvalItem, view: str,
 
 async def gather_limited(fns: Sequence[Callable[[], Awaitable[dict[str, Any]]]],
                          concurrency: int, label: str = "") -> list[dict[str, Any]]:
-    """Run ``fns`` with at most ``concurrency`` in flight; results in input order."""
+    """Run ``fns`` with at most ``concurrency`` in flight; results in input order. Progress
+    (items done, rate, ETA) is logged every 10 s and at the end."""
     sem = asyncio.Semaphore(max(1, concurrency))
-    done = 0
+    progress = Progress(label or "items", len(fns))
 
     async def one(fn: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-        nonlocal done
         async with sem:
             out = await fn()
-        done += 1
-        if done % 50 == 0 or done == len(fns):
-            log.info("%s: %d/%d items", label, done, len(fns))
+        progress.step()
         return out
 
     return list(await asyncio.gather(*(one(f) for f in fns)))

@@ -12,9 +12,9 @@ tags or the turn budget (``max_turns`` model calls) is spent. The last allowed c
 Transport: the request carries ``tools`` (and ``tool_choice``) as extra body fields. Tool calls
 are read from the reply's text in the Hermes / Qwen format (``<tool_call>{"name": ...,
 "arguments": {...}}</tool_call>``), which is what Qwen-family models emit and what vLLM returns as
-content when its tool parser is off; :class:`r2i.client.ModelClient` returns message contents
-only, so structured ``tool_calls`` of a server whose tool parser is on (with empty content) are
-not visible to it (see docs/evaluation.md). The assistant turn is sent back with structured
+content when its tool parser is off; when the parser is on (``--enable-auto-tool-choice``), the
+structured ``message.tool_calls`` are written back into the text in the same form by
+:class:`r2i.client.ModelClient`, so both server setups work (see docs/evaluation.md). The assistant turn is sent back with structured
 ``tool_calls``, then a ``tool`` message, then a ``user`` message carrying the zoomed image (tool
 messages cannot carry images in the OpenAI format).
 

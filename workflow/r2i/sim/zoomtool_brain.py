@@ -198,11 +198,13 @@ def _answer_on_zoom(brain: ToyBrain, model: str, messages: list[dict[str, Any]],
 
 
 _CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+_CALL_BLOCK = re.compile(r"<tool_call>.*?</tool_call>", re.DOTALL)
 
 
 def with_tool_calls(choice: dict[str, Any]) -> dict[str, Any]:
-    """A response choice whose content holds ``<tool_call>`` blocks, with structured
-    ``tool_calls`` added (and ``finish_reason: "tool_calls"``); other choices unchanged."""
+    """A response choice whose content holds ``<tool_call>`` blocks, as a server with a tool
+    parser returns it: structured ``tool_calls``, the blocks removed from the content (null when
+    empty) and ``finish_reason: "tool_calls"``; other choices unchanged."""
     msg = choice.get("message") or {}
     calls = []
     for k, block in enumerate(_CALL.findall(str(msg.get("content") or ""))):
@@ -215,4 +217,7 @@ def with_tool_calls(choice: dict[str, Any]) -> dict[str, Any]:
                                    "arguments": json.dumps(obj.get("arguments", {}))}})
     if not calls:
         return choice
-    return {**choice, "message": {**msg, "tool_calls": calls}, "finish_reason": "tool_calls"}
+    # like vLLM's tool parser: the calls leave the content (null when nothing else is left)
+    rest = _CALL_BLOCK.sub("", str(msg.get("content") or "")).strip() or None
+    return {**choice, "message": {**msg, "content": rest, "tool_calls": calls},
+            "finish_reason": "tool_calls"}

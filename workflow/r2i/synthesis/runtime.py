@@ -91,6 +91,7 @@ class ModelSet:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        log.info("model calls: %s", self.stats.summary())
         await self._stack.aclose()
 
     def image_url(self, image: Image.Image | bytes, key: str, max_pixels: int | None) -> str:

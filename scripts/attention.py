@@ -1,0 +1,21 @@
+"""Rule script `attention`: coverage of one model directory on one benchmark (docs/attention.md)."""
+
+from r2i.evaluation.attention import run_attention
+from r2i.synthesis.entry import setup_logging
+
+sm = snakemake  # noqa: F821
+setup_logging(sm.log[0])
+s = sm.params["settings"]
+run_attention(
+    sm.input["model"],
+    sm.wildcards["benchmark"],
+    s["benchmark"],
+    rows_out=sm.output["rows"],
+    summary_out=sm.output["summary"],
+    heatmap_dir=sm.output["heatmaps"],
+    model_name=sm.wildcards["model"],
+    layer=int(s["layer"]),
+    max_pixels=int(s["max_pixels"]),
+    heatmaps=int(s["heatmaps"]),
+    device=None if s["device"] == "auto" else s["device"],
+)

@@ -1,0 +1,10 @@
+"""Rule script `tiny_vlm`: a tiny randomly initialised Qwen-VL directory (test double)."""
+
+from r2i.evaluation.attention import require_backend
+from r2i.synthesis.entry import setup_logging
+from r2i.toy.tiny_vlm import build_tiny_vlm
+
+sm = snakemake  # noqa: F821
+setup_logging(sm.log[0])
+require_backend()
+build_tiny_vlm(sm.wildcards["kind"], sm.output["model"], seed=int(sm.params["seed"]))
