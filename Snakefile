@@ -29,10 +29,26 @@ include: "rules/common.smk"
 include: "rules/synthesis.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+report: "report/workflow.rst"
 
 
 rule all:
     default_target: True
     input:
         synthesis_targets(),
+        evaluation_targets(),
+        report_targets(),
+
+
+# Named targets for common tasks (also what `r2i synthesize` / `r2i evaluate` ask for).
+rule synthesis:
+    input:
+        synthesis_targets(),
+
+
+rule evaluation:
+    input:
         evaluation_targets(),

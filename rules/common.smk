@@ -118,3 +118,31 @@ def synthesis_targets():
         RESULTS / "dataset" / "val.parquet",
         RESULTS / "dataset" / "funnel.json",
     ]
+
+
+# --- report (rules/report.smk)
+REPORT = RESULTS / "report"
+STAGE_STATS = expand(
+    RESULTS / "shards" / "{shard}" / "{stage}.stats.json",
+    shard=SHARDS,
+    stage=SYNTHESIS_STAGES,
+)
+STAGE_TABLES = expand(
+    RESULTS / "shards" / "{shard}" / "{stage}.parquet",
+    shard=SHARDS,
+    stage=SYNTHESIS_STAGES,
+)
+
+
+def report_targets():
+    """Every report item (part of `rule all`, so `snakemake --report` finds them)."""
+    return [
+        REPORT / "synthesis" / "funnel.svg",
+        REPORT / "synthesis" / "gallery.html",
+        REPORT / "synthesis" / "cost.svg",
+        REPORT / "synthesis" / "cost.html",
+        REPORT / "evaluation" / "accuracy.svg",
+        REPORT / "evaluation" / "throughput.svg",
+        REPORT / "attention" / "coverage.svg",
+        REPORT / "run" / "run.html",
+    ]

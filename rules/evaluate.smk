@@ -82,7 +82,14 @@ rule attention:
     output:
         rows=EVAL_WF.attention_output("coverage.jsonl"),
         summary=EVAL_WF.attention_output("summary.json"),
-        heatmaps=directory(EVAL_WF.attention_output("heatmaps")),
+        heatmaps=report(
+            directory(EVAL_WF.attention_output("heatmaps")),
+            patterns=["{name}.png"],
+            caption="../report/heatmap.rst",
+            category="3. Attention",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "heat map {name}"},
+        ),
     log:
         LOGS / "attention" / "{model}" / "{benchmark}.log",
     wildcard_constraints:

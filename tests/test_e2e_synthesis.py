@@ -84,6 +84,68 @@ def test_api_key_never_written(built: Path) -> None:
     assert _stats(built, "000", "objects")["calls"]["requests_sent"] > 0
 
 
+def test_attention_coverage_end_to_end(built: Path) -> None:
+    """The attention rule on the tiny random Qwen2.5-VL (built by the tiny_vlm rule): per-item
+    rows, per-dimension summary, heat maps; a random model's coverage sits at the box share."""
+    pytest.importorskip("torch")
+    d = built / "results/toy/attention/tiny-random-qwen2_5_vl/toy_zoombench"
+    summary = json.loads((d / "summary.json").read_text())
+    rows = [json.loads(line) for line in (d / "coverage.jsonl").read_text().splitlines()]
+    assert summary["n"] == len(rows) > 0 and summary["tiny_random_model"] is True
+    assert summary["layer_requested"] == 24 and summary["layer"] == summary["n_layers"] - 1
+    assert set(summary["per_dimension"]) == {r["dimension"] for r in rows}
+    assert all(0 <= r["coverage"] <= 1 and 0 < r["box_share"] <= 1 for r in rows)
+    share = summary["mean_box_share"]
+    assert abs(summary["mean_coverage"] - share) < 0.25 * share + 1e-3, summary
+    maps = sorted((d / "heatmaps").glob("*.png"))
+    assert 0 < len(maps) <= 6
+
+
+def test_report_has_every_item_and_renders(built: Path, tmp_path: Path) -> None:
+    """`snakemake --report` on the finished run: every report item is in it; rendered in
+    headless Chromium, every page shows its plot or images and none is broken."""
+    rep = built / "results/toy/report"
+    items = ["synthesis/funnel.svg", "synthesis/gallery.html", "synthesis/cost.svg",
+             "synthesis/cost.html", "evaluation/accuracy.svg", "evaluation/throughput.svg",
+             "attention/coverage.svg", "run/run.html"]
+    for name in items:
+        assert (rep / name).stat().st_size > 1000, name
+    gallery = (rep / "synthesis/gallery.html").read_text()
+    assert gallery.count("class='card kept'") >= 3 and gallery.count("class='card dropped'") >= 3
+    assert "dropped at difficulty: too_easy" in gallery and "Teacher votes" in gallery
+    cost = json.loads((rep / "synthesis/cost.json").read_text())
+    assert cost["totals"]["calls"] > 0 and cost["totals"]["prompt_tokens"] > 0
+    assert cost["totals"]["kept_items"] == sum(
+        json.loads((built / "results/toy/dataset/funnel.json").read_text())["splits"].values())
+    run = (rep / "run/run.html").read_text()
+    assert "snakemake" in run and "api_key_env" in run and SENTINEL not in run
+
+    out = tmp_path / "report.html"
+    snakemake(built, "--report", str(out), config=tiny_config(built))
+    text = out.read_text(errors="replace")
+    for name in items:
+        assert Path(name).name in text, name
+    assert "heatmaps" in text and SENTINEL not in text
+
+    pytest.importorskip("playwright", reason="rendering the report needs playwright")
+    from r2i.report.screenshots import ChromiumNotFoundError, capture, find_chromium
+
+    try:
+        find_chromium()
+    except ChromiumNotFoundError as exc:
+        pytest.skip(str(exc))
+    summary = capture(out, tmp_path / "shots", items=4)
+    assert summary["ok"], summary["problems"]
+    pages = summary["pages"]
+    results = {p["result"] for p in pages.values() if p.get("result")}
+    assert {f"results/toy/report/{n}" for n in items} <= results, results
+    for p in pages.values():
+        if (p.get("result") or "").endswith((".svg", ".png")):
+            assert p["images_rendered"] >= 1 and p["images_broken"] == 0, p
+    gallery_page = next(p for p in pages.values() if (p.get("result") or "").endswith("gallery.html"))
+    assert gallery_page["images_rendered"] >= 6, gallery_page
+
+
 def test_noop_rerun_does_nothing(built: Path) -> None:
     res = snakemake(built, "-n", config=tiny_config(built))
     assert "Nothing to be done" in res.stdout + res.stderr

@@ -436,6 +436,7 @@ class ModelClient:
             if rec is not None and len(rec["texts"]) == req.n:
                 self.stats.cache_hits += 1
                 usage = rec.get("usage") or {}
+                self.stats.add_cached(usage, float(rec.get("latency_s", 0.0)))
                 return ChatResult(
                     texts=list(rec["texts"]),
                     cached=True,

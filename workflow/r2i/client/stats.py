@@ -36,6 +36,16 @@ class ClientStats:
     total_latency_s: float = 0.0
     errors: int = 0
     errors_by_reason: Counter[str] = field(default_factory=Counter)
+    # what the calls answered from the cache cost when they were first made (for cost reports)
+    cached_prompt_tokens: int = 0
+    cached_completion_tokens: int = 0
+    cached_latency_s: float = 0.0
+
+    def add_cached(self, usage: dict[str, Any], latency_s: float) -> None:
+        """Count the original usage and latency of a call answered from the cache."""
+        self.cached_prompt_tokens += int(usage.get("prompt_tokens", 0) or 0)
+        self.cached_completion_tokens += int(usage.get("completion_tokens", 0) or 0)
+        self.cached_latency_s += latency_s
 
     def summary(self) -> str:
         """One log line: calls, cache hits, retries and throttling by reason, errors, tokens."""
@@ -66,4 +76,7 @@ class ClientStats:
             else None,
             "errors": self.errors,
             "errors_by_reason": dict(sorted(self.errors_by_reason.items())),
+            "cached_prompt_tokens": self.cached_prompt_tokens,
+            "cached_completion_tokens": self.cached_completion_tokens,
+            "cached_latency_s": round(self.cached_latency_s, 6),
         }

@@ -217,6 +217,15 @@ class EvalWorkflow:
         return [self.att_dir / m / b / "summary.json" for m in self.att["models"]
                 for b in self.attention_benchmarks()]
 
+    def attention_files(self, name: str) -> list[Path]:
+        """``name`` (e.g. ``coverage.jsonl``) of every attention model x benchmark."""
+        return [p.with_name(name) for p in self.attention_targets()]
+
+    def metrics_files(self) -> list[Path]:
+        """``metrics.json`` of every evaluation model x benchmark."""
+        return [self.dir / m / b / "metrics.json" for m in self.ev["models"]
+                for b in self.ev["benchmarks"]]
+
     def attention_output(self, name: str) -> str:
         return str(self.att_dir / "{model}" / "{benchmark}" / name)
 
@@ -240,8 +249,7 @@ class EvalWorkflow:
         problems = self.problems()
         if problems:
             raise self.error("invalid evaluation configuration:\n  - " + "\n  - ".join(problems))
-        return [self.dir / m / b / "metrics.json" for m in self.ev["models"]
-                for b in self.ev["benchmarks"]] + self.attention_targets()
+        return self.metrics_files() + self.attention_targets()
 
     def records(self, model: str = "{model}", benchmark: str = "{benchmark}",
                 view: str = "{view}") -> str:
