@@ -200,9 +200,15 @@ def throughput_figure(metrics_paths: Sequence[str | Path], out: str | Path) -> l
                     (p["samples_per_s"], 100 * p["accuracy"]), textcoords="offset points",
                     xytext=(6, 4), fontsize=8)
     ax.set_xscale("log")
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("samples/s per request stream (items / summed model latency, log scale)")
     ax.set_ylabel("overall accuracy (%)")
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 112)
+    ax.set_yticks(range(0, 101, 20))
     ax.set_title("Accuracy vs throughput: single pass (circles) and zoom-tool agent (squares)")
     ax.margins(x=0.3)
     _save(fig, out)
