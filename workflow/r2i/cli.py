@@ -15,6 +15,7 @@ incremental and resumable exactly like a plain ``snakemake`` call.
 from __future__ import annotations
 
 import argparse
+import copy
 import shlex
 import subprocess
 import sys
@@ -62,26 +63,27 @@ def _config_files(args: Sequence[str]) -> list[str]:
     return out
 
 
-def _load_config(files: Sequence[str], workdir: Path) -> dict[str, Any]:
-    """The effective config (defaults filled in) for ``files`` or the embedded default."""
+def _config_paths(files: Sequence[str], workdir: Path) -> list[str]:
+    """The config files of a run: the ``--configfile`` values, else the embedded default as the
+    Snakefile finds it (the working directory's ``config/config.yaml``, then the workflow's)."""
+    if files:
+        return list(files)
+    candidates = (workdir / "config" / "config.yaml",
+                  snakefile().parent / "config" / "config.yaml")
+    return [str(p) for p in candidates if p.exists()][:1]
+
+
+def _load_config(paths: Sequence[str]) -> dict[str, Any]:
+    """The effective config (defaults filled in), merged the way Snakemake merges config files."""
+    from snakemake.utils import update_config
+
     from r2i.config import validate_config
 
-    paths = [Path(f) for f in files] or [
-        p for p in (workdir / "config" / "config.yaml",
-                    snakefile().parent / "config" / "config.yaml") if p.exists()][:1]
     cfg: dict[str, Any] = {}
     for p in paths:
-        _deep_update(cfg, yaml.safe_load(Path(p).read_text(encoding="utf-8")) or {})
+        update_config(cfg, yaml.safe_load(Path(p).read_text(encoding="utf-8")) or {})
     validate_config(cfg)
     return cfg
-
-
-def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _deep_update(dst[k], v)
-        else:
-            dst[k] = v
 
 
 def run_snakemake(targets: Sequence[str], extra: Sequence[str], workdir: Path,
@@ -161,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     workdir = args.directory.resolve()
     configfiles = _config_files(extra)
-    cfg = _load_config(configfiles, workdir)
+    base = _config_paths(configfiles, workdir)
+    cfg = _load_config(base)
     results = Path(cfg["results_dir"]) / cfg["run"]
 
     if args.command == "synthesize":
@@ -191,16 +194,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     overlay_dir.mkdir(exist_ok=True)
     overlay_path = overlay_dir / f"evaluate-{name}.yaml"
     overlay_path.write_text(yaml.safe_dump(overlay, sort_keys=False), encoding="utf-8")
-    merged = dict(cfg)
-    _deep_update(merged, overlay)
+    from snakemake.utils import update_config
+
+    merged = copy.deepcopy(cfg)
+    update_config(merged, overlay)
     benches = merged["evaluation"]["benchmarks"]
     targets = [str(results / "eval" / name / b / "metrics.json") for b in benches]
     if not args.no_attention:
         att_b = merged["evaluation"]["attention"].get("benchmarks") or benches
         targets += [str(results / "attention" / name / b / "summary.json") for b in att_b]
-    base = configfiles or [str(p) for p in (workdir / "config" / "config.yaml",
-                                            snakefile().parent / "config" / "config.yaml")
-                           if p.exists()][:1]
     rest = [a for a in extra if a not in base and a not in ("--configfile", "--configfiles")]
     return run_snakemake(targets, rest, workdir, configfiles=[*base, str(overlay_path)])
 

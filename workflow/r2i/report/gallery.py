@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +31,8 @@ from r2i.synthesis.records import Row, read_rows
 from .facts import html_page
 
 __all__ = ["build_gallery", "load_stage_tables", "pick_examples"]
+
+log = logging.getLogger(__name__)
 
 STAGES = ["objects", "crops", "questions", "answers", "mcq", "difficulty"]
 FULL_BOX = (560, 420)  # thumbnail bounds of the full image (w, h)
@@ -117,14 +120,15 @@ def _full_image(row: Row, rec: Mapping[str, Any], name: str) -> Image.Image | No
     if row.blob and rec.get("box_expanded") is not None:
         try:
             return decode_image(row.blob, name=name)
-        except Exception:  # fall back to drawing the box ourselves
-            pass
+        except Exception as exc:  # fall back to drawing the box ourselves
+            log.warning("gallery: %s: stored image unreadable (%s); drawing the box", name, exc)
     path, box = rec.get("image_path"), rec.get("box_expanded") or rec.get("box")
     if not path:
         return None
     try:
         img = load_image(path)
-    except Exception:
+    except Exception as exc:  # a moved or corrupt pool image: the card says "not available"
+        log.warning("gallery: %s: cannot read %s (%s)", name, path, exc)
         return None
     if box is not None:
         try:
@@ -159,7 +163,8 @@ def _crop(tables: Mapping[str, Mapping[str, Row]], rec: Mapping[str, Any], name:
         return None
     try:
         return decode_image(crop_row.blob, name=name)
-    except Exception:
+    except Exception as exc:
+        log.warning("gallery: %s: crop unreadable (%s)", name, exc)
         return None
 
 
