@@ -246,7 +246,7 @@ class ModelClient:
         shared_slots: SharedSlots | None = None,
         trust_env: bool = False,
     ) -> None:
-        base = base_url if base_url is not None else cfg.base_url
+        base = base_url if base_url is not None or resolve_url is not None else cfg.base_url
         if base is None and resolve_url is None:
             raise ValueError(
                 f"endpoint {cfg.name!r} is launched: pass the base_url yielded by open_endpoint"

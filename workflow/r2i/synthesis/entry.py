@@ -87,7 +87,8 @@ def memo_keys(images: list[dict[str, Any]], params: Mapping[str, Any], prompt_sh
     return keys
 
 
-def _stats_doc(t: StageTally, job_seconds: float) -> dict[str, Any]:
+def _stats_doc(t: StageTally, job_seconds: float, t0: float) -> dict[str, Any]:
+    started, ended = t.span(t0)
     return {
         "stage": t.stage,
         "items_in": t.items_in,
@@ -95,6 +96,8 @@ def _stats_doc(t: StageTally, job_seconds: float) -> dict[str, Any]:
         "kept": t.kept,
         "dropped": t.dropped(),
         "seconds": round(t.seconds, 3),
+        "started_s": started,  # first item in, after the job started (stages overlap)
+        "ended_s": ended,  # last item out
         "job_seconds": round(job_seconds, 3),
         "from_memo": False,
         "calls": t.calls.to_dict(),
@@ -202,7 +205,7 @@ def _run_shard(shard_list: str, outputs: Mapping[str, tuple[str, str]], params: 
         else:
             t = tallies[stage]
             write_rows(table, t.rows)
-            doc = _stats_doc(t, job_seconds)
+            doc = _stats_doc(t, job_seconds, started)
             write_json(stats_path, doc)
             memo.store(keys[stage], Path(table), doc)
         log.info("%s: %d in, %d kept, dropped %s%s", stage, doc["items_in"], doc["kept"],

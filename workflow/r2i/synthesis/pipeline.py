@@ -68,6 +68,12 @@ class StageTally:
         self.active -= 1
         self.last_end = time.monotonic()
 
+    def span(self, t0: float) -> tuple[float | None, float | None]:
+        """(first item in, last item out) in seconds after ``t0``."""
+        if self.first_start is None or self.last_end is None:
+            return None, None
+        return round(self.first_start - t0, 3), round(self.last_end - t0, 3)
+
     @property
     def seconds(self) -> float:
         if self.first_start is None or self.last_end is None:

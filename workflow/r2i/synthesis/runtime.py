@@ -186,8 +186,9 @@ class ModelSet:
                     if cfg.base_url is not None and raw.get("shared_limit", True):
                         slots = SharedSlots(slot_dir_for(self._slot_dir, cfg.base_url),
                                             cfg.max_concurrency, label=f"endpoint {name!r}")
-                    if self._lazy:
-                        client = ModelClient(cfg, cache=self._cache, stats=self.stats,
+                    if self._lazy:  # base_url ones too: their health check waits for a miss
+                        client = ModelClient(cfg, base_url=None, cache=self._cache,
+                                             stats=self.stats,
                                              resolve_url=lambda c=cfg: self._open(c),
                                              shared_slots=slots)
                     else:
