@@ -8,7 +8,9 @@ rule toy_world:
     log:
         LOGS / "toy_world.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     params:
         seed=TOY["seed"],
         size=TOY["size"],
@@ -26,7 +28,9 @@ rule pool_signature:
     log:
         LOGS / "pool_signature.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     params:
         pools=config["pools"],
     script:
@@ -42,7 +46,9 @@ checkpoint manifest:
     log:
         LOGS / "manifest.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     threads: 2
     params:
         pools=config["pools"],
@@ -63,7 +69,9 @@ rule objects:
     log:
         LOGS / "shards" / "{shard}" / "objects.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file(synthesis_env(["teacher"], segmenter=True))
+    container:
+        env_image(synthesis_env(["teacher"], segmenter=True))
     resources:
         gpu=stage_gpus(["teacher"], segmenter=True),
     params:
@@ -82,7 +90,9 @@ rule crops:
     log:
         LOGS / "shards" / "{shard}" / "crops.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     params:
         **stage_params("crops", []),
     script:
@@ -100,7 +110,9 @@ rule questions:
     log:
         LOGS / "shards" / "{shard}" / "questions.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file(synthesis_env(["teacher"]))
+    container:
+        env_image(synthesis_env(["teacher"]))
     resources:
         gpu=stage_gpus(["teacher"]),
     params:
@@ -120,7 +132,9 @@ rule answers:
     log:
         LOGS / "shards" / "{shard}" / "answers.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file(synthesis_env(["teacher", "teacher_b", "consensus"]))
+    container:
+        env_image(synthesis_env(["teacher", "teacher_b", "consensus"]))
     resources:
         gpu=stage_gpus(["teacher", "teacher_b", "consensus"]),
     params:
@@ -139,7 +153,9 @@ rule mcq:
     log:
         LOGS / "shards" / "{shard}" / "mcq.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file(synthesis_env(["teacher"]))
+    container:
+        env_image(synthesis_env(["teacher"]))
     resources:
         gpu=stage_gpus(["teacher"]),
     params:
@@ -158,7 +174,9 @@ rule difficulty:
     log:
         LOGS / "shards" / "{shard}" / "difficulty.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file(synthesis_env(["student", "judge"]))
+    container:
+        env_image(synthesis_env(["student", "judge"]))
     resources:
         gpu=stage_gpus(["student", "judge"]),
     params:
@@ -187,7 +205,9 @@ rule dataset:
     log:
         LOGS / "dataset.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     params:
         settings=config["synthesis"]["dataset"],
         shards=SHARDS,
