@@ -6,9 +6,11 @@ Snakemake created from ``envs/<env>.yaml`` (``--sdm conda``) or in an Apptainer 
 name the checkout (Snakemake copies it to ``.snakemake/conda/`` before conda reads it, so ``-e ../``
 would point there), and an image with a copy of the library would run stale code after every edit.
 So every script takes the library from the checkout it belongs to, which is what the workflow
-itself (``rules/common.smk``) does too. Processes a job starts (launched model servers, verl and
-its Ray workers, which import ``r2i.reward``) find it through ``PYTHONPATH``; the simulator's
-command ``r2i-sim-server`` is found on ``PATH`` (``scripts/bin``).
+itself (``rules/common.smk``) does too. (Snakemake appends the host Python's ``sys.path`` to a
+script's, which may include a checkout, but last, after the env's own packages, and not for the
+processes the job starts.) Processes a job starts (launched model servers, verl and its Ray
+workers, which import ``r2i.reward``) find it through ``PYTHONPATH``; the simulator's command
+``r2i-sim-server`` is found on ``PATH`` (``scripts/bin``).
 """
 
 from __future__ import annotations
