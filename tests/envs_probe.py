@@ -53,8 +53,11 @@ def _params(params: Any) -> dict[str, Any]:
 def _conda(workflow: Any, spec: Any) -> dict[str, Any] | None:
     if spec is None:
         return None
+    post_deploy = spec.get_conda_env(workflow).post_deploy_file
     return {
         "file": spec.file.get_path_or_uri(secret_free=True),
+        # the script Snakemake runs in the new env after creating it (<env>.post-deploy.sh)
+        "post_deploy": post_deploy.get_path_or_uri(secret_free=True) if post_deploy else None,
         # --sdm conda copies the env file into this folder (as <hash>.yaml, next to the env's
         # prefix <hash>/) and conda runs the pip section from there
         "copied_to_dir": workflow.persistence.conda_env_path,

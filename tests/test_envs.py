@@ -659,7 +659,13 @@ def test_check_env_imports_and_reports(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "FAIL no_such_module_r2i" in bad.stderr
 
 
-def test_post_deploy_builds_flash_attn_from_the_lock() -> None:
+def test_post_deploy_builds_flash_attn_from_the_lock(probes) -> None:
+    """Snakemake finds envs/training.post-deploy.sh for the training env (and only there), and the
+    script installs flash-attn exactly as locked, compiled against the env's torch."""
+    for name, rule in job_rules(probes["default"]).items():
+        expected = str(ENVS / "training.post-deploy.sh") if env_of(rule["conda"]) == "training" else None
+        got = rule["conda"]["post_deploy"]
+        assert (str(Path(got).resolve()) if got else None) == expected, name
     script = (ENVS / "training.post-deploy.sh").read_text()
     (fa,) = lock.read_lock("training", "build").values()
     assert fa.requirement() in script and "--no-build-isolation" in script

@@ -1,4 +1,4 @@
-"""Rule script for the per-shard synthesis stages (objects, crops, questions, answers, mcq, difficulty)."""
+"""Rule script of `synthesize`: every synthesis stage of one shard as one streaming job."""
 
 import sys
 from pathlib import Path
@@ -8,13 +8,13 @@ from _checkout import use_checkout
 
 use_checkout(__file__)  # the r2i library from this checkout, in any env or container
 
-from r2i.synthesis.entry import run_stage
+from r2i.synthesis.entry import run_shard
 
-run_stage(
-    snakemake.params["stage"],  # noqa: F821
-    inputs={k: v for k, v in snakemake.input.items()},  # noqa: F821
-    output=snakemake.output["table"],  # noqa: F821
-    stats_out=snakemake.output["stats"],  # noqa: F821
+STAGES = ("objects", "crops", "questions", "answers", "mcq", "difficulty")
+
+run_shard(
+    shard_list=snakemake.input["shard"],  # noqa: F821
+    outputs={s: (snakemake.output[s], snakemake.output[f"{s}_stats"]) for s in STAGES},  # noqa: F821
     params=dict(snakemake.params.items()),  # noqa: F821
     config=snakemake.config,  # noqa: F821
     log_file=snakemake.log[0],  # noqa: F821
