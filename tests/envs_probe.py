@@ -2,7 +2,7 @@
 
 Run as a separate process (Snakemake's API changes the working directory and global logging):
 
-    python tests/envs_probe.py WORKDIR [--configfile FILE] [--sdm conda apptainer]
+    python tests/envs_probe.py WORKDIR [--configfile FILE] [--sdm conda apptainer] [--rules-only]
 
 Loads the repository's Snakefile with Snakemake's API in WORKDIR and prints, for every rule, the
 conda env file as Snakemake resolves it (and where ``--sdm conda`` copies it before conda reads it),
@@ -64,7 +64,7 @@ def _conda(workflow: Any, spec: Any) -> dict[str, Any] | None:
     }
 
 
-def probe(workdir: Path, configfiles: list[Path], sdm: list[str]) -> dict[str, Any]:
+def probe(workdir: Path, configfiles: list[Path], sdm: list[str], dag: bool = True) -> dict[str, Any]:
     methods = {DeploymentMethod.parse_choice(m) for m in sdm}
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         wf_api = api.workflow(
@@ -88,6 +88,8 @@ def probe(workdir: Path, configfiles: list[Path], sdm: list[str]) -> dict[str, A
                 "container": None if rule.container_img is None else rule.expand_container_img(wc),
                 "params": _params(rule.params),
             }
+        if not dag:
+            return {"config": workflow.config, "rules": rules, "jobs": []}
         # the DAG as far as it is known before any job ran (jobs behind checkpoints are not)
         workflow._build_dag()
         jobs = [
@@ -109,8 +111,11 @@ def main() -> None:
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--configfile", type=Path, action="append", default=[])
     parser.add_argument("--sdm", nargs="*", default=["conda", "apptainer"])
+    parser.add_argument("--rules-only", action="store_true",
+                        help="do not build the DAG (for configs whose input files are elsewhere)")
     args = parser.parse_args()
-    out = probe(args.workdir.resolve(), [p.resolve() for p in args.configfile], args.sdm)
+    out = probe(args.workdir.resolve(), [p.resolve() for p in args.configfile], args.sdm,
+                dag=not args.rules_only)
     json.dump(out, sys.stdout, default=str)
 
 

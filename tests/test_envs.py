@@ -253,11 +253,8 @@ def test_every_rule_has_an_env_and_the_image_built_from_it(probes, variant: str)
     assert len(p["jobs"]) > 5, "the DAG probe saw almost no jobs"
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_rules_that_launch_vllm_or_run_sam3_get_them(probes, variant: str) -> None:
-    """A rule whose jobs launch vLLM (``vllm serve``, ``python -m vllm...``) or run SAM3 names an
-    env, and therefore an image, whose lock has vLLM / SAM3 (with what SAM3 imports undeclared)."""
-    p = probes[variant]
+def vllm_sam3_problems(p: dict[str, Any]) -> tuple[list[str], set[str], set[str]]:
+    """(problems, rules that launch vLLM, rules that run SAM3) of one probe."""
     cfg = p["config"]
     problems, seen_vllm, seen_sam3 = [], set(), set()
     items = [(f"rule {n}", r) for n, r in job_rules(p).items()]
@@ -273,12 +270,42 @@ def test_rules_that_launch_vllm_or_run_sam3_get_them(probes, variant: str) -> No
             seen_sam3.add(what.split()[1])
             if lack := missing(env, NEEDS_SAM3):
                 problems.append(f"{what} runs SAM3 but env {env} lacks {sorted(lack)}")
+    return problems, seen_vllm, seen_sam3
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rules_that_launch_vllm_or_run_sam3_get_them(probes, variant: str) -> None:
+    """A rule whose jobs launch vLLM (``vllm serve``, ``python -m vllm...``) or run SAM3 names an
+    env, and therefore an image, whose lock has vLLM / SAM3 (with what SAM3 imports undeclared)."""
+    problems, seen_vllm, seen_sam3 = vllm_sam3_problems(probes[variant])
     assert not problems, "\n".join(problems)
     if variant == "gpu_mix":  # the check saw what it checks
         assert {"evaluate"} <= seen_vllm and seen_vllm - {"evaluate"}, seen_vllm
         assert seen_sam3, "no rule ran SAM3 in a config with segmenter.backend: sam3"
     if variant == "sam3_only":
         assert seen_sam3 and not seen_vllm
+
+
+def test_production_config_gets_vllm_and_sam3(tmp_path: Path) -> None:
+    """The same for config/config.production.yaml as users run it (vLLM teacher, SAM3)."""
+    workdir = tmp_path / "prod"
+    (workdir / "envs").mkdir(parents=True)
+    for env in ENV_NAMES:
+        (workdir / "envs" / f"{env}.sif").write_bytes(b"")
+    res = subprocess.run(
+        # rules only: its pools and benchmarks are on the cluster, not here
+        [PY, str(REPO / "tests" / "envs_probe.py"), str(workdir), "--rules-only", "--configfile",
+         str(REPO / "config" / "config.production.yaml")],
+        capture_output=True, text=True, timeout=600, cwd=workdir,
+    )
+    if res.returncode != 0 and "invalid configuration" in res.stderr:
+        # issue 13 point 5 (helper "slurm"): the production config does not validate yet
+        pytest.skip("config/config.production.yaml does not validate: "
+                    + res.stderr.strip().splitlines()[-1])
+    assert res.returncode == 0, res.stderr[-4000:]
+    problems, seen_vllm, seen_sam3 = vllm_sam3_problems(json.loads(res.stdout))
+    assert not problems, "\n".join(problems)
+    assert "synthesize" in seen_vllm & seen_sam3, (seen_vllm, seen_sam3)
 
 
 @pytest.mark.parametrize("variant", ["default", "remote"])
