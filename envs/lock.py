@@ -14,7 +14,8 @@ the environment's copies of e.g. tenacity), into a fully pinned, hash-checked lo
   installs exactly the locked files. It names no local path: Snakemake copies the file to
   ``.snakemake/conda/<hash>.yaml`` before conda reads it, so a relative path would resolve there.
 * ``envs/<env>.post-deploy.sh`` for environments with packages that must be compiled against the
-  installed torch (``BUILD_AFTER``, e.g. flash-attn): Snakemake runs it in the new environment.
+  installed torch (``BUILD_AFTER``, e.g. flash-attn, kept in ``envs/locks/<env>.linux-64.build.txt``):
+  Snakemake runs it in the new environment.
 
 The Apptainer definitions (``envs/<env>.def``) install from the same lock. The conda side (Python,
 pip and what conda-forge's python depends on) is pinned by version only: conda-forge cannot be
