@@ -26,7 +26,9 @@ rule evaluate:
         benchmark="[A-Za-z0-9_.-]+",
         view="full|crop|tool",
     conda:
-        "../envs/evaluation.yaml"
+        env_file(evaluation_env())
+    container:
+        env_image(evaluation_env())
     resources:
         gpu=EVAL_WF.gpus,
     params:
@@ -49,7 +51,9 @@ rule eval_metrics:
         model="[A-Za-z0-9_.-]+",
         benchmark="[A-Za-z0-9_.-]+",
     conda:
-        "../envs/evaluation.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     params:
         views=config["evaluation"]["views"],
         bootstrap=config["evaluation"]["bootstrap"],
@@ -67,7 +71,9 @@ rule tiny_vlm:
     wildcard_constraints:
         kind="qwen2_5_vl|qwen3_vl",
     conda:
-        "../envs/evaluation.yaml"
+        env_file("gpu")
+    container:
+        env_image("gpu")
     params:
         seed=TOY["seed"],
     script:
@@ -96,7 +102,9 @@ rule attention:
         model="[A-Za-z0-9_.-]+",
         benchmark="[A-Za-z0-9_.-]+",
     conda:
-        "../envs/evaluation.yaml"
+        env_file("gpu")
+    container:
+        env_image("gpu")
     resources:
         gpu=config["evaluation"]["attention"]["gpus"],
     params:

@@ -8,7 +8,9 @@ rule toy_world:
     log:
         LOGS / "toy_world.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     params:
         seed=TOY["seed"],
         size=TOY["size"],
@@ -26,7 +28,9 @@ rule pool_signature:
     log:
         LOGS / "pool_signature.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     params:
         pools=config["pools"],
     script:
@@ -42,7 +46,9 @@ checkpoint manifest:
     log:
         LOGS / "manifest.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     threads: 2
     params:
         pools=config["pools"],
@@ -77,7 +83,9 @@ rule synthesize:
     log:
         LOGS / "shards" / "{shard}" / "synthesize.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file(synthesis_env(SYNTHESIS_ROLES, segmenter=True))
+    container:
+        env_image(synthesis_env(SYNTHESIS_ROLES, segmenter=True))
     resources:
         gpu=stage_gpus(SYNTHESIS_ROLES, segmenter=True),
     params:
@@ -107,7 +115,9 @@ rule dataset:
     log:
         LOGS / "dataset.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     params:
         settings=config["synthesis"]["dataset"],
         shards=SHARDS,

@@ -31,7 +31,9 @@ rule train:
     log:
         LOGS / "train" / f"{TRAIN['name']}.log",
     conda:
-        "../envs/training.yaml"
+        env_file("training")
+    container:
+        env_image("training")
     resources:
         nodes=TRAIN["nodes"],
         gpu=TRAIN["gpus_per_node"],
@@ -52,7 +54,9 @@ rule merge:
     log:
         LOGS / "train" / f"{TRAIN['name']}.merge.log",
     conda:
-        "../envs/training.yaml"
+        env_file("training")
+    container:
+        env_image("training")
     resources:
         gpu=1,
     script:

@@ -1,5 +1,13 @@
 """Rule script of `synthesize`: every synthesis stage of one shard as one streaming job."""
 
+import sys
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parent))  # scripts/ (Snakemake appends it too)
+from _checkout import use_checkout
+
+use_checkout(__file__)  # the r2i library from this checkout, in any env or container
+
 from r2i.synthesis.entry import run_shard
 
 STAGES = ("objects", "crops", "questions", "answers", "mcq", "difficulty")
