@@ -33,6 +33,7 @@ from r2i.client import (
     ModelClient,
     open_endpoint,
 )
+from r2i.client.endpoint import endpoint_log_path
 from r2i.images import decode_image, encode_png, resize_to_max_pixels, to_data_url
 
 log = logging.getLogger("r2i.stage")
@@ -77,7 +78,7 @@ class ModelSet:
                 name = ep["name"]
                 if name not in clients:
                     cfg = EndpointConfig(**ep)
-                    log_path = self._log_dir / f"endpoint-{name}.log" if self._log_dir else None
+                    log_path = endpoint_log_path(self._log_dir, name) if self._log_dir else None
                     base_url = await self._stack.enter_async_context(
                         open_endpoint(cfg, log_path=log_path)
                     )
