@@ -4,7 +4,6 @@
 
 
 import os
-import sys
 
 from snakemake.utils import min_version
 
@@ -55,20 +54,7 @@ rule evaluation:
         evaluation_targets(),
 
 
-# Provenance after a kill: a job that finished after Snakemake itself was killed has an output
-# but no provenance record (on SLURM its own Snakemake clears the incomplete mark without
-# recording); mark such outputs incomplete so that they are rebuilt (from the call cache) and
-# recorded, and later settings changes rerun them (r2i.provenance). Main Snakemake only.
-from snakemake_interface_executor_plugins.settings import ExecMode
-from r2i.provenance import mark_unrecorded_outputs, output_roots
-
-# (--drop-metadata is read from the command line: execution settings do not exist yet here.)
-if (
-    workflow.exec_mode == ExecMode.DEFAULT
-    and "--drop-metadata" not in sys.argv
-    and str(getattr(workflow.workflow_settings, "persistence_backend", "file")).lower().endswith("file")
-):
-    mark_unrecorded_outputs(
-        output_roots(str(o) for r in workflow.rules for o in r.output),
-        lambda path: any(o.match(path) for r in workflow.rules for o in r.output),
-    )
+# Provenance after a kill: outputs of jobs that finished after Snakemake itself was killed have
+# no provenance record; they are marked incomplete, so they are rebuilt (from the call cache)
+# and recorded, and later settings changes rerun them (r2i.provenance).
+mark_outputs_without_provenance(workflow)

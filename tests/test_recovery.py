@@ -2,7 +2,7 @@
 
 The real workflow runs in a copy of the checkout (as a user's clone), on the embedded default
 config (toy world, launched simulator: the simulated models are test doubles) with the smallest
-toy world and without the attention job. It is killed with SIGKILL at several points:
+toy world. It is killed with SIGKILL at several points:
 
 * a single job that is talking to the model server it launched (Snakemake retries it by itself,
   because the workflow profile ``profiles/default`` sets ``retries``);
@@ -26,6 +26,7 @@ whether synthesis runs as one rule per stage or one rule per shard.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import shutil
@@ -46,8 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHECKOUT = ["Snakefile", "rules", "config", "profiles", "scripts", "workflow", "envs", "report"]
 # The README's command, with test-size settings (`--config` is part of what users type).
-RUN = ["snakemake", "-c", "2", "--config", "toy_world={size: tiny}",
-       "evaluation={attention: {models: {}}}"]
+RUN = ["snakemake", "-c", "2", "--config", "toy_world={size: tiny}"]
 UNLOCK = ["snakemake", "--unlock"]
 SHARDS = 4  # the default config's manifest.shards
 
@@ -117,10 +117,8 @@ class Checkout:
 
     def kill_all(self) -> None:
         for pid in self.processes():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str,
@@ -187,8 +185,9 @@ def outputs_without_provenance(co: Checkout) -> list[str]:
     missing = []
     for f in sorted(co.results.rglob("*")):
         rel = f.relative_to(co.root)
-        if not f.is_file() or f.name.startswith(".") or rel.parts[3:4] == ("manifest",) and (
-                rel.parts[4:5] in (("state",), ("shards",))):
+        if not f.is_file() or f.name.startswith("."):
+            continue
+        if rel.parts[2:3] == ("manifest",) and rel.parts[3:4] in (("state",), ("shards",)):
             continue  # the manifest's own state and shard lists are not rule outputs
         chain = [rel, *rel.parents]
         if not any(metadata_key(state, "metadata", str(p)).exists() for p in chain[:-1]):

@@ -6,6 +6,7 @@ records. The simulator (``r2i-sim-server``) used here is a test double of a mode
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -80,10 +81,8 @@ def marker() -> Iterator[str]:
     m = f"R2I_ORPHAN_TEST={uuid.uuid4().hex}"
     yield m
     for pid in _procs_with_marker(m):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.mark.parametrize("how", ["job", "job-and-group"])
@@ -124,7 +123,7 @@ def test_clean_stop_and_startup_failure_leave_nothing(tmp_path: Path, marker: st
             async with open_endpoint(cfg, log_path=tmp_path / "ok.log"):
                 assert _procs_with_marker(marker)
             bad = EndpointConfig(name="bad", launch="sleep 3600 & echo {port}; exit 3")
-            with pytest.raises(EndpointStartError, match="exited with code 3"):
+            with pytest.raises(EndpointStartError, match=r"exited with code 3"):
                 async with open_endpoint(bad, log_path=tmp_path / "bad.log"):
                     pass
 
@@ -160,7 +159,7 @@ def test_unknown_host_base_url_fails_fast() -> None:
         async with open_endpoint(cfg):
             pass
 
-    with pytest.raises(EndpointStartError, match="no-such-host.invalid"):
+    with pytest.raises(EndpointStartError, match=r"no-such-host\.invalid"):
         asyncio.run(asyncio.wait_for(run(), timeout=60))
 
 
@@ -447,11 +446,11 @@ def test_backoff_pair_and_val_fraction_one() -> None:
 
     cfg = _default_config()
     cfg["endpoints"]["sim"].update(backoff_base_s=60, backoff_max_s=30)
-    with pytest.raises(ConfigError, match="endpoints.sim.backoff_base_s.*endpoints.sim.backoff_max_s"):
+    with pytest.raises(ConfigError, match=r"endpoints\.sim\.backoff_base_s.*endpoints\.sim\.backoff_max_s"):
         validate_config(cfg)
     cfg = _default_config()
     cfg["synthesis"] = {"dataset": {"val_fraction": 1}}
-    with pytest.raises(ConfigError, match="synthesis.dataset.val_fraction"):
+    with pytest.raises(ConfigError, match=r"synthesis\.dataset\.val_fraction"):
         validate_config(cfg)
 
 

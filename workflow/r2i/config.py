@@ -142,17 +142,18 @@ def _contradictions(config: Mapping[str, Any]) -> Iterator[str]:
 
     def pair(low: str, high: str, why: str, *, strict: bool = True) -> Iterator[str]:
         lo, hi = _get(config, low), _get(config, high)
-        if isinstance(lo, int | float) and isinstance(hi, int | float):
-            if lo > hi if strict else lo >= hi:
-                yield (f"config keys '{low}' ({lo}) and '{high}' ({hi}) contradict each other: "
-                       f"{why}")
+        if isinstance(lo, int | float) and isinstance(hi, int | float) and (
+            lo > hi if strict else lo >= hi
+        ):
+            yield (f"config keys '{low}' ({lo}) and '{high}' ({hi}) contradict each other: "
+                   f"{why}")
 
     yield from pair("synthesis.objects.min_objects", "synthesis.objects.max_objects",
                     "an image needs more objects than the teacher may list, so none yields any")
     yield from pair("synthesis.difficulty.drop_if_correct_at_least", "synthesis.difficulty.samples",
                     "the student cannot be right more often than it is sampled, so the "
                     "difficulty filter would never drop anything")
-    for name, ep in (config.get("endpoints") or {}).items():
+    for name in config.get("endpoints") or {}:
         yield from pair(f"endpoints.{name}.backoff_base_s", f"endpoints.{name}.backoff_max_s",
                         "the first retry delay is above the cap on all retry delays")
     toy = config.get("toy_world") or {}

@@ -21,14 +21,18 @@ too, so that ``snakemake -n`` plans what the real run will do.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
 from base64 import urlsafe_b64encode
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["mark_unrecorded_outputs", "output_roots", "record_path", "unrecorded_outputs"]
+__all__ = ["mark_outputs_without_provenance", "mark_unrecorded_outputs", "output_roots",
+           "record_path", "unrecorded_outputs"]
 
 log = logging.getLogger("r2i.provenance")
 
@@ -41,10 +45,8 @@ def record_path(state_dir: str | os.PathLike[str], subject: str, key: str) -> Pa
     """
     base = Path(state_dir) / subject
     max_len = 255
-    try:
+    with contextlib.suppress(OSError, ValueError):
         max_len = os.pathconf(base if base.exists() else Path(state_dir).parent, "PC_NAME_MAX") or 255
-    except (OSError, ValueError):
-        pass
     b64 = urlsafe_b64encode(key.encode()).decode()
     parts = [b64[i : i + max_len - 1] for i in range(0, len(b64), max_len - 1)]
     parts = ["@" + p for p in parts[:-1]] + [parts[-1]]
@@ -133,3 +135,21 @@ def output_roots(patterns: Iterable[str]) -> list[str]:
         if not any(r == k or r.startswith(k.rstrip(os.sep) + os.sep) for k in kept):
             kept.append(r)
     return kept
+
+
+def mark_outputs_without_provenance(workflow: Any) -> list[str]:
+    """The Snakefile's hook (called after every rule is defined): mark the declared outputs of
+    ``workflow`` (Snakemake's ``workflow`` object) that have no provenance record incomplete.
+
+    Main Snakemake only (not a cluster job's own Snakemake), file-based persistence only, and
+    not with ``--drop-metadata`` (read from the command line: Snakemake's execution settings do
+    not exist yet while the Snakefile is parsed).
+    """
+    from snakemake_interface_executor_plugins.settings import ExecMode
+
+    backend = str(getattr(workflow.workflow_settings, "persistence_backend", "file")).lower()
+    if workflow.exec_mode != ExecMode.DEFAULT or "--drop-metadata" in sys.argv or not backend.endswith("file"):
+        return []
+    outputs = [o for rule in workflow.rules for o in rule.output]
+    return mark_unrecorded_outputs(output_roots(str(o) for o in outputs),
+                                   lambda path: any(o.match(path) for o in outputs))

@@ -164,11 +164,9 @@ def _tail(path: Path, secret: str | None, lines: int = 40, max_bytes: int = 1638
     if not raw:
         return "(empty log)"
     text = redact(raw.decode("utf-8", "replace"), secret, limit=None)
-    if start > 0:
-        text = text.splitlines()[1:]  # the first line is cut somewhere in the middle
-    else:
-        text = text.splitlines()
-    return redact("\n".join(text[-lines:]), secret)
+    # When the window starts inside the file, its first line is cut somewhere in the middle.
+    kept = text.splitlines()[1:] if start > 0 else text.splitlines()
+    return redact("\n".join(kept[-lines:]), secret)
 
 
 async def _wait_healthy(base: str, cfg: EndpointConfig, api_key: str | None,
