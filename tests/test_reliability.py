@@ -486,3 +486,57 @@ def test_empty_training_set_fails_with_the_funnel(caplog: pytest.LogCaptureFixtu
         dataset.check_not_empty(_funnel(0), allow_empty=True)
     assert "EMPTY" in caplog.text
     dataset.check_not_empty(_funnel(3), allow_empty=False)
+
+
+# ------------------------------------------------------------------------- issue 13.7
+def test_outputs_without_provenance_are_marked_incomplete(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a cluster job leaves after Snakemake was killed (output, no record, no incomplete
+    mark) is marked incomplete in Snakemake's own format; recorded outputs are left alone."""
+    import base64
+
+    from r2i import provenance
+
+    monkeypatch.chdir(tmp_path)
+    state = Path(".snakemake")
+    (state / "metadata").mkdir(parents=True)
+    (state / "incomplete").mkdir()
+    for shard in ("000", "001", "002"):
+        Path(f"results/r/shards/{shard}").mkdir(parents=True)
+        Path(f"results/r/shards/{shard}/a.parquet").write_bytes(b"x")
+    Path("results/r/shards/000/side.txt").write_text("not an output")
+
+    def key(subject: str, p: str) -> Path:
+        return state / subject / base64.urlsafe_b64encode(p.encode()).decode()
+
+    key("metadata", "results/r/shards/000/a.parquet").write_text("{}")
+    key("incomplete", "results/r/shards/001/a.parquet").write_text("{}")
+    roots = provenance.output_roots(["results/r/shards/{shard}/a.parquet", "results/r/x.json"])
+    assert roots == ["results/r/shards", "results/r/x.json"]
+
+    def is_out(p: str) -> bool:
+        return p.endswith("/a.parquet")
+
+    (state / "locks").mkdir()
+    (state / "locks" / "0.input.lock").write_text("x")
+    assert provenance.mark_unrecorded_outputs(roots, is_out, state) == []  # a Snakemake runs
+    (state / "locks" / "0.input.lock").unlink()
+    assert provenance.mark_unrecorded_outputs(roots, is_out, state) == ["results/r/shards/002/a.parquet"]
+    assert json.loads(key("incomplete", "results/r/shards/002/a.parquet").read_text()) == {
+        "external_jobid": None}
+    assert provenance.mark_unrecorded_outputs(roots, is_out, state) == []
+
+
+def test_record_path_matches_snakemakes_file_store(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from snakemake.persistence.file import FilePersistence
+
+    from r2i.provenance import record_path
+
+    subject = tmp_path / "metadata"
+    subject.mkdir()
+    fake = SimpleNamespace(_fetch_max_len=lambda s: os.pathconf(s, "PC_NAME_MAX"))
+    for key in ("results/toy/shards/000/objects.parquet", "results/" + "deep/" * 80 + "x.json"):
+        assert str(record_path(tmp_path, "metadata", key)) == FilePersistence._record_path(
+            fake, str(subject), key)
