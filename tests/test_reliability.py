@@ -540,3 +540,35 @@ def test_record_path_matches_snakemakes_file_store(tmp_path: Path) -> None:
     for key in ("results/toy/shards/000/objects.parquet", "results/" + "deep/" * 80 + "x.json"):
         assert str(record_path(tmp_path, "metadata", key)) == FilePersistence._record_path(
             fake, str(subject), key)
+
+
+def test_dataset_job_with_an_empty_training_set_fails(tmp_path: Path) -> None:
+    """gather (the dataset rule's body): every item dropped -> an error with the funnel, and
+    with allow_empty only a warning and empty splits."""
+    from r2i.synthesis import dataset
+    from r2i.synthesis.records import dropped, write_rows
+
+    repo = Path(__file__).resolve().parents[1]
+    for stage in ("objects", "difficulty"):
+        rows = [dropped(f"img{i}", None, "not_found", {}) for i in range(3)] if stage == "objects" else []
+        (tmp_path / "shards" / "000").mkdir(parents=True, exist_ok=True)
+        write_rows(tmp_path / "shards" / "000" / f"{stage}.parquet", rows)
+    (tmp_path / "summary.json").write_text(json.dumps({"files": 3, "kept": 3, "dropped": 0}))
+    settings = {"val_fraction": 0.05, "seed": 42, "data_source": "r2i",
+                "ability": "fine_grained_perception"}
+
+    def run(**extra: Any) -> dict[str, Any]:
+        out = tmp_path / "out"
+        return dataset.gather(
+            shard_root=tmp_path / "shards", shards=["000"], stages=["objects", "difficulty"],
+            manifest_summary_path=tmp_path / "summary.json", benchmarks={},
+            answer_format_path=repo / "config" / "prompts" / "answer_format.txt",
+            settings={**settings, **extra}, run="t", models={}, simulated=True,
+            out_train=out / "train.parquet", out_val=out / "val.parquet",
+            out_card=out / "README.md", out_funnel=out / "funnel.json",
+            out_contamination=out / "contamination.json")
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(dataset.EmptyDatasetError, match=r"objects: 3 rows, 0 kept.*not_found"):
+        run()
+    assert run(allow_empty=True)["splits"] == {"train": 0, "val": 0}
