@@ -72,18 +72,51 @@ if not TOY["enabled"] or Path(TOY["dir"], "index.json").exists():
 
 
 SYNTHESIS_STAGES = ["objects", "crops", "questions", "answers", "mcq", "difficulty"]
+# Model roles each stage calls (the synthesize job opens those of the stages it runs).
+STAGE_ROLES = {
+    "objects": ["teacher"],
+    "crops": [],
+    "questions": ["teacher"],
+    "answers": ["teacher", "teacher_b", "consensus"],
+    "mcq": ["teacher"],
+    "difficulty": ["student", "judge"],
+}
+SYNTHESIS_ROLES = ["teacher", "teacher_b", "consensus", "student", "judge"]
+SYNTHESIS_PROMPTS = [
+    "list_objects",
+    "write_questions",
+    "validate_question",
+    "seed_questions",
+    "answer_question",
+    "consensus",
+    "focus_instruction",
+    "distractors",
+    "mcq",
+    "answer_format",
+    "judge",
+]
 
 
-def stage_params(stage, roles):
-    """Params of a synthesis stage: its settings, the models it calls, prompts and cache.
+def synthesis_prompt_files():
+    """The prompt templates and seed questions the synthesis stages render (inputs: editing
+    one reruns the shards; the stage memo then recomputes only the stages that use it).
+    """
+    return [prompt(name) for name in SYNTHESIS_PROMPTS]
 
-    Only this stage's settings are included, so changing e.g. the consensus ratio reruns the
-    answers stage and its descendants but not the stages before it.
+
+def stage_stats(stage):
+    return str(RESULTS / "shards" / "{shard}" / f"{stage}.stats.json")
+
+
+def stage_params(stage):
+    """What determines a synthesis stage's rows: its settings, the models it calls, prompts.
+
+    Each stage's part is separate, so the stage memo can tell which stages a change affects
+    (e.g. the consensus ratio changes only `answers` and what follows).
     """
     return {
-        "stage": stage,
         "settings": config["synthesis"][stage],
-        "models": model_params(*roles),
+        "models": model_params(*STAGE_ROLES[stage]),
         "prompts": config["prompts"],
     }
 

@@ -247,9 +247,9 @@ def test_kill_at_three_points_and_recover_with_the_readme_commands(clean: Checko
 
         # 2. After the retry made progress: SIGKILL Snakemake and all its jobs at once (what a
         #    lost node or `kill -9 -PGID` does). Every server dies with its job.
-        n_out = len(list(co.results.glob("shards/*/*.parquet")))
-        wait_for(lambda: len(list(co.results.glob("shards/*/*.parquet"))) > n_out
-                 and job_with_server(co), 900, "progress after the retry", proc)
+        n_calls = len(cache_files(co.cache))
+        wait_for(lambda: len(cache_files(co.cache)) > n_calls and job_with_server(co), 900,
+                 "new model calls after the retry", proc)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         wait_for(lambda: not co.processes(), 20, "every process of the run to be gone")
@@ -260,9 +260,9 @@ def test_kill_at_three_points_and_recover_with_the_readme_commands(clean: Checko
         proc = co.start(RUN)
         # 3. During the recovery: SIGKILL Snakemake alone while a job talks to its server. Its
         #    jobs go on as orphans and finish by themselves (stopping their servers).
-        n_out = len(list(co.results.glob("shards/*/*.parquet")))
-        wait_for(lambda: len(list(co.results.glob("shards/*/*.parquet"))) > n_out
-                 and job_with_server(co), 900, "progress in the recovery run", proc)
+        n_calls = len(cache_files(co.cache))
+        wait_for(lambda: len(cache_files(co.cache)) > n_calls and job_with_server(co), 900,
+                 "new model calls in the recovery run", proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         wait_for(lambda: not co.processes(), 600, "the orphaned jobs to finish")

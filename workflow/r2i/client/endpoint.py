@@ -67,24 +67,16 @@ def endpoint_log_path(log_dir: str | os.PathLike[str], endpoint: str,
                       job_log: str | os.PathLike[str] | None = None) -> Path:
     """Where one job's launched ``endpoint`` writes its output: one file per job and endpoint.
 
-    The name comes from the job's own log (``job_log``, default :func:`job_log_file`) relative to
-    the run's log folder, the parent of ``log_dir``: ``<logs>/shards/003/objects.log`` gives
-    ``<log_dir>/shards-003-objects.<endpoint>.log`` (rule and shard), so jobs never share a file
-    and an error tail only ever shows this job's server. Without a job log (library use) the
-    process id names it.
+    Next to the job's own log (``job_log``, default :func:`job_log_file`), named after it:
+    ``results/logs/<run>/eval/m/b/full.log`` gives ``.../eval/m/b/full.endpoint-<endpoint>.log``
+    (the synthesis jobs use the same scheme: ``shards/003/synthesize.endpoint-<name>.log``), so
+    jobs never share a file and an error tail only ever shows this job's server. Without a job
+    log (library use) the file goes to ``log_dir``, named with the process id.
     """
-    log_dir = Path(log_dir)
     job = Path(job_log) if job_log is not None else job_log_file()
     if job is None:
-        tag = f"pid{os.getpid()}"
-    else:
-        job = job.resolve().with_suffix("")
-        try:
-            rel = job.relative_to(log_dir.resolve().parent)
-        except ValueError:
-            rel = Path(job.name)
-        tag = "-".join(rel.parts)
-    return log_dir / f"{tag}.{endpoint}.log"
+        return Path(log_dir) / f"endpoint-{endpoint}-pid{os.getpid()}.log"
+    return job.with_suffix("").with_name(f"{job.stem}.endpoint-{endpoint}.log")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
