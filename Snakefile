@@ -52,3 +52,9 @@ rule synthesis:
 rule evaluation:
     input:
         evaluation_targets(),
+
+
+# Provenance after a kill: outputs of jobs that finished after Snakemake itself was killed have
+# no provenance record; they are marked incomplete, so they are rebuilt (from the call cache)
+# and recorded, and later settings changes rerun them (r2i.provenance).
+mark_outputs_without_provenance(workflow)
