@@ -120,14 +120,12 @@ def main(argv: list[str] | None = None) -> None:
 
         # Replay: results deleted, call cache (and stage memo) kept.
         shutil.rmtree(wd / "results")
-        shutil.rmtree(wd / ".snakemake", ignore_errors=True)
         reset(server)
         out["replay_s"] = round(run_snakemake(repo, wd, cfg, "-c", str(args.jobs), "synthesis"), 2)
         out["replay_requests"] = int(server.stats()["requests"])
         if args.replay_no_memo:
             shutil.rmtree(wd / "results")
-            shutil.rmtree(wd / ".snakemake", ignore_errors=True)
-            cfg2 = config_for(repo, wd, base_url=server.url, stage_memo=False, **base)
+                cfg2 = config_for(repo, wd, base_url=server.url, stage_memo=False, **base)
             reset(server)
             out["replay_no_memo_s"] = round(run_snakemake(repo, wd, cfg2, "-c", str(args.jobs), "synthesis"), 2)
             out["replay_no_memo_requests"] = int(server.stats()["requests"])

@@ -33,6 +33,10 @@ LOGS = Path(config["results_dir"]) / "logs" / config["run"]
 TOY = config["toy_world"]
 SHARDS = [f"{i:03d}" for i in range(config["manifest"]["shards"])]
 POOL_SIG = RESULTS / "manifest" / "pools.sig"
+# content hashes of the pool files by (size, mtime), so the signature ignores mere touches
+POOL_STATE = (
+    Path(config["cache_dir"]) / "manifest-scan" / config["run"] / "pools.state.json"
+)
 SHARD_LIST = RESULTS / "manifest" / "shards" / "shard-{shard}.json"
 
 
@@ -68,10 +72,13 @@ def stage_output(stage):
     return str(RESULTS / "shards" / "{shard}" / f"{stage}.parquet")
 
 
-# Refresh the cheap stat signature of the image pools at parse time: it is rewritten only
-# when a file was added, changed or removed, which is what makes reruns incremental.
+# Refresh the signature of the image pools at parse time: it is rewritten only when a file was
+# added, removed or its content changed (a touched file is not a change), which is what makes
+# reruns incremental. Only files whose size or mtime changed are read (POOL_STATE).
 if not TOY["enabled"] or Path(TOY["dir"], "index.json").exists():
-    update_pool_signature(config["pools"], POOL_SIG, only_if_exists=True)
+    update_pool_signature(
+        config["pools"], POOL_SIG, only_if_exists=True, state=POOL_STATE
+    )
 
 
 SYNTHESIS_STAGES = ["objects", "crops", "questions", "answers", "mcq", "difficulty"]

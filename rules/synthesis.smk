@@ -33,6 +33,7 @@ rule pool_signature:
         env_image("cpu")
     params:
         pools=config["pools"],
+        state=POOL_STATE,
     script:
         "../scripts/pool_signature.py"
 

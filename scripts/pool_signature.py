@@ -1,4 +1,4 @@
-"""Rule script: write the first stat signature of the image pools (later runs refresh it at parse time)."""
+"""Rule script: write the first signature of the image pools (later runs refresh it at parse time)."""
 
 import sys
 from pathlib import Path
@@ -10,4 +10,8 @@ use_checkout(__file__)  # the r2i library from this checkout, in any env or cont
 
 from r2i.poolsig import update_pool_signature
 
-update_pool_signature(snakemake.params["pools"], snakemake.output[0])  # noqa: F821
+update_pool_signature(
+    snakemake.params["pools"],  # noqa: F821
+    snakemake.output[0],  # noqa: F821
+    state=snakemake.params["state"],  # noqa: F821
+)

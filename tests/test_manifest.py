@@ -312,3 +312,46 @@ def test_build_manifest(pools: dict[str, str], tmp_path: Path) -> None:
         workers=1,
     )
     assert again["shards_rewritten"] == []
+
+
+def test_pool_signature_ignores_touches_and_sees_edits(tmp_path: Path) -> None:
+    """Same bytes with a new mtime: same signature (nothing reruns); one changed byte: new one.
+    The content hashes are remembered, so an unchanged file is never read twice."""
+    from r2i.poolsig import HashState, pool_signature
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(3):
+        (pool / f"img{i}.png").write_bytes(bytes([i]) * 1000)
+    state = tmp_path / "state.json"
+    first = pool_signature({"p": str(pool)}, state)
+    st = (pool / "img1.png").stat()
+    os.utime(pool / "img1.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**10))
+    hs = HashState(state)
+    reads: list[int] = []
+    real_fill = hs.fill
+    hs.fill = lambda todo: reads.append(len(todo)) or real_fill(todo)  # type: ignore[method-assign]
+    assert pool_signature({"p": str(pool)}, hs) == first
+    assert reads == [1]  # only the touched file was read again
+    (pool / "img2.png").write_bytes(bytes([9]) * 1000)  # same size, other bytes
+    assert pool_signature({"p": str(pool)}, state)["signature"] != first["signature"]
+    (pool / "img3.png").write_bytes(b"new")
+    assert pool_signature({"p": str(pool)}, state)["files"] == 4
+
+
+def test_editing_an_image_keeps_it_in_its_shard(pools: dict[str, str], tmp_path: Path) -> None:
+    """The shard comes from the image's pool and path, not its bytes: editing one image changes
+    exactly one shard file (its own), and the image is still listed there."""
+    n = 4
+    shard_dir = tmp_path / "shards"
+    records = scan_pools(pools, min_side=MIN, workers=1)
+    write_shard_lists(records, n, shard_dir)
+    before = {i: shard_path(shard_dir, i).read_bytes() for i in range(n)}
+    target = next(r for r in records if r.kept)
+    Path(target.abs_path).write_bytes(encoded(noise(50, 50, seed=123), "PNG"))
+    after_records = scan_pools(pools, min_side=MIN, workers=1)
+    changed = write_shard_lists(after_records, n, shard_dir)
+    edited = by_key(after_records)[target.key]
+    assert edited.sha256 != target.sha256 and shard_of(edited, n) == shard_of(target, n)
+    assert changed == {i: i == shard_of(target, n) for i in range(n)}
+    assert all(shard_path(shard_dir, i).read_bytes() == before[i] for i in range(n) if not changed[i])
