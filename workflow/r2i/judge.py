@@ -70,6 +70,7 @@ from typing import Any, TypeVar
 from r2i.client import CallCache, ClientStats, EndpointConfig, ModelClient, seed_for
 from r2i.parsing import _NUMBER_WORDS, normalize_answer
 from r2i.prompts import PromptTemplate, load_template
+from r2i.resources import prompt_path
 
 __all__ = [
     "DEFAULT_JUDGE_PROMPT",
@@ -97,8 +98,8 @@ Verdict = tuple[bool | None, str]
 
 #: Answers this long (in characters) or longer score 0 (the method's length rule).
 MAX_ANSWER_CHARS = 300
-#: The judge prompt of the repository (``$question``, ``$reference``, ``$answer``).
-DEFAULT_JUDGE_PROMPT = Path(__file__).resolve().parents[2] / "config" / "prompts" / "judge.txt"
+#: The shipped judge prompt (package data, ``$question``, ``$reference``, ``$answer``).
+DEFAULT_JUDGE_PROMPT = prompt_path("judge")
 
 # ---------------------------------------------------------------------------------------------
 # Option letters

@@ -241,7 +241,8 @@ class EvalWorkflow:
         """What determines coverage besides the model directory's files."""
         return {
             "benchmark": dict(self.config["benchmarks"][wildcards.benchmark]),
-            **{k: self.att[k] for k in ("layer", "max_pixels", "heatmaps", "device")},
+            **{k: self.att[k] for k in ("layer", "box_mapping", "max_pixels", "heatmaps",
+                                        "device")},
         }
 
     def targets(self) -> list[Path]:
