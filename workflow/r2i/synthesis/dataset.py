@@ -69,39 +69,24 @@ def pixel_sha256(data: bytes | str | Path) -> str | None:
 
 def benchmark_hashes(benchmarks: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, set[str]]]:
     """Per benchmark: the file-byte and pixel hashes of every image it contains."""
+    from r2i.evaluation.benchmarks import BenchmarkMissingError, load_benchmark
+
     out: dict[str, dict[str, set[str]]] = {}
     for name, spec in benchmarks.items():
-        path = Path(spec["path"])
-        if not path.exists():
-            raise FileNotFoundError(
-                f"benchmark '{name}': file {path} not found (config key benchmarks.{name}.path); "
-                f"see docs for how to obtain it, or remove it from the config"
-            )
+        # The evaluation's own loader: every parquet shard, JSON images looked up as it does.
+        try:
+            items = load_benchmark(name, spec)
+        except BenchmarkMissingError as err:
+            raise FileNotFoundError(f"{err} (config key benchmarks.{name}.path; or remove the "
+                                    "benchmark from the config)") from None
         files: set[str] = set()
         pixels: set[str] = set()
-        if spec["format"] == "zoombench":
-            table = pq.read_table(path)
-            for col in ("image", "crop_image"):
-                if col not in table.column_names:
-                    continue
-                for cell in table.column(col).to_pylist():
-                    data = cell.get("bytes") if isinstance(cell, dict) else cell
-                    if isinstance(data, bytes):
-                        files.add(hashlib.sha256(data).hexdigest())
-                        px = pixel_sha256(data)
-                        if px:
-                            pixels.add(px)
-        else:
-            root = Path(spec.get("image_root") or path.parent)
-            items = json.loads(path.read_text(encoding="utf-8"))
-            for item in items:
-                for img in item.get("images", []):
-                    p = Path(img) if Path(img).is_absolute() else root / img
-                    if p.exists():
-                        files.add(file_sha256(p))
-                        px = pixel_sha256(p)
-                        if px:
-                            pixels.add(px)
+        for it in items:
+            for data in [*it.images, *it.crop_images]:
+                files.add(hashlib.sha256(data).hexdigest())
+                px = pixel_sha256(data)
+                if px:
+                    pixels.add(px)
         out[name] = {"files": files, "pixels": pixels}
     return out
 
