@@ -177,3 +177,22 @@ def test_workflow_inputs_are_every_shard(tmp_path: Path) -> None:
     cfg = {"benchmarks": {"zb": {"format": "zoombench", "path": str(tmp_path / "part-*.parquet")}}}
     assert benchmark_files_of(cfg, "zb") == [str(tmp_path / "part-0.parquet"),
                                              str(tmp_path / "part-1.parquet")]
+
+
+def test_contamination_hashes_use_the_same_loader(tmp_path: Path) -> None:
+    """The dataset's contamination check sees every shard and the JSON images as evaluation does."""
+    import hashlib
+
+    from r2i.synthesis.dataset import benchmark_hashes
+
+    for k, color in enumerate(["red", "green"]):
+        pd.DataFrame([{"id": f"s{k}", "image": {"bytes": _png(color), "path": None},
+                       "prompt": "?", "answer": "x"}]).to_parquet(tmp_path / f"p{k}.parquet")
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(_png("blue"))
+    (tmp_path / "b.json").write_text(json.dumps([{"images": ["img/a.png"], "query": "?",
+                                                  "response": "x"}]))
+    got = benchmark_hashes({"zb": {"format": "zoombench", "path": str(tmp_path / "p*.parquet")},
+                            "j": {"format": "json", "path": str(tmp_path / "b.json")}})
+    assert got["zb"]["files"] == {hashlib.sha256(_png(c)).hexdigest() for c in ("red", "green")}
+    assert got["j"]["files"] == {hashlib.sha256(_png("blue")).hexdigest()}

@@ -2,7 +2,14 @@
 
 Rows follow verl's ``RLHFDataset`` schema: ``data_source``, ``prompt`` (chat list whose user text
 carries an ``<image>`` placeholder), ``images`` (embedded bytes), ``ability``,
-``reward_model.ground_truth`` and ``extra_info`` (question, dimension, boxes, provenance).
+``reward_model.ground_truth`` and ``extra_info`` (question, dimension, boxes, provenance, and the
+prompt budget: stored ``image_size``, ``prompt_text_tokens``, ``prompt_tokens``).
+
+Prompt budget (:mod:`r2i.train.budget`): each boxed image is stored resized to at most
+``synthesis.dataset.max_pixels`` (the training ``max_pixels``), so what verl feeds the student is
+what the set holds; each row carries an upper bound of its prompt length in tokens, and a row
+above ``synthesis.dataset.max_prompt_length`` (when set) is dropped with reason
+``prompt_too_long``, counted in funnel.json, instead of vanishing in verl's overlong filter.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from r2i.images import decode_image, encode_png, resize_to_max_pixels
 from r2i.io import atomic_path, atomic_write_text, read_json, write_json
 from r2i.prompts import PromptTemplate, load_template
 from r2i.synthesis.records import Row, read_rows
+from r2i.train.budget import prompt_token_bound, text_token_bound
 
 DIMENSION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("counting", re.compile(r"\bhow many\b|\bnumber of\b|\bcount\b", re.I)),
@@ -104,13 +113,37 @@ def assign_splits(image_hashes: Sequence[str], val_fraction: float, seed: int) -
     return {h: ("val" if i < n_val else "train") for i, h in enumerate(uniq)}
 
 
-def to_verl_row(r: Row, index: int, split: str, fmt: PromptTemplate, settings: Mapping[str, Any]) -> dict[str, Any]:
+#: synthesis.dataset defaults of the prompt budget (the method's training pixel bounds).
+BUDGET_DEFAULTS = {"min_pixels": 262144, "max_pixels": 16777216, "max_prompt_length": None}
+
+
+def fit_to_budget(r: Row, fmt: PromptTemplate, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored image (resized to at most ``max_pixels``, Lanczos; PNG) and the prompt-length
+    bound of one item: ``{blob, image_size, image_scale, prompt_text_tokens, prompt_tokens}``."""
+    s = {**BUDGET_DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+    text = fmt.render(question=r.record["mcq_text"])
+    img = decode_image(r.blob, name=r.item_id) if r.blob is not None else None
+    blob, size, scale = r.blob, None, 1.0
+    if img is not None:
+        fitted = resize_to_max_pixels(img, int(s["max_pixels"]))
+        if fitted is not img:
+            blob, scale = encode_png(fitted), fitted.width / img.width
+        size = fitted.size
+    return {"blob": blob, "image_size": list(size) if size else None, "image_scale": scale,
+            "prompt_text_tokens": text_token_bound(text),
+            "prompt_tokens": prompt_token_bound(text, size, int(s["min_pixels"]),
+                                                int(s["max_pixels"]))}
+
+
+def to_verl_row(r: Row, index: int, split: str, fmt: PromptTemplate, settings: Mapping[str, Any],
+                fit: Mapping[str, Any] | None = None) -> dict[str, Any]:
     rec = r.record
     text = fmt.render(question=rec["mcq_text"])
+    fit = fit or fit_to_budget(r, fmt, settings)
     return {
         "data_source": settings["data_source"],
         "prompt": [{"role": "user", "content": "<image>" + text}],
-        "images": [{"bytes": r.blob, "path": None}],
+        "images": [{"bytes": fit["blob"], "path": None}],
         "ability": settings["ability"],
         "reward_model": {"style": "rule", "ground_truth": rec["answer_letter"]},
         "extra_info": {
@@ -132,6 +165,10 @@ def to_verl_row(r: Row, index: int, split: str, fmt: PromptTemplate, settings: M
             "agreement": float(rec["agreement"]),
             "student_correct": int(rec["student_correct"]),
             "teacher_models": sorted({v["model"] for v in rec["votes"]}),
+            "image_size": fit["image_size"],
+            "image_scale": float(fit["image_scale"]),
+            "prompt_text_tokens": int(fit["prompt_text_tokens"]),
+            "prompt_tokens": int(fit["prompt_tokens"]),
             "provenance": json.dumps(
                 {k: rec.get(k) for k in (
                     "lister_model", "writer_model", "consensus_model", "student_model", "judge_model",
@@ -165,6 +202,8 @@ def write_verl_parquet(path: str | Path, rows: list[dict[str, Any]]) -> None:
                         ("image_hash", pa.string()), ("source_path", pa.string()), ("pool", pa.string()),
                         ("object_phrase", pa.string()), ("agreement", pa.float64()),
                         ("student_correct", pa.int64()), ("teacher_models", pa.list_(pa.string())),
+                        ("image_size", pa.list_(pa.int64())), ("image_scale", pa.float64()),
+                        ("prompt_text_tokens", pa.int64()), ("prompt_tokens", pa.int64()),
                         ("provenance", pa.string()),
                     ]
                 ),
@@ -273,6 +312,22 @@ def gather(
         else:
             clean.append(r)
 
+    fmt = load_template(answer_format_path, "answer_format")
+    limit = settings.get("max_prompt_length")
+    fits: dict[str, dict[str, Any]] = {}
+    budget_rows: list[Row] = []
+    fitting: list[Row] = []
+    for r in clean:
+        fit = fit_to_budget(r, fmt, settings)
+        if limit is not None and fit["prompt_tokens"] > int(limit):
+            budget_rows.append(Row(r.item_id, r.item_id, "dropped", "prompt_too_long",
+                                   {"prompt_tokens": fit["prompt_tokens"]}))
+            continue
+        fits[r.item_id] = fit
+        fitting.append(r)
+        budget_rows.append(Row(r.item_id, r.item_id, "kept"))
+    clean = fitting
+
     splits = assign_splits([r.record["image_hash"] for r in clean], settings["val_fraction"], settings["seed"])
     item_split = {r.item_id: splits[r.record["image_hash"]] for r in clean}
     split_unit = "image"
@@ -282,16 +337,23 @@ def gather(
         ranked = sorted(clean, key=lambda r: _split_key(r.item_id, settings["seed"]))
         n_val = max(1, round(settings["val_fraction"] * len(clean)))
         item_split.update({r.item_id: "val" for r in ranked[:n_val]})
-    fmt = load_template(answer_format_path, "answer_format")
     out: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
     for r in sorted(clean, key=lambda x: x.item_id):
         split = item_split[r.item_id]
-        out[split].append(to_verl_row(r, len(out[split]), split, fmt, settings))
+        out[split].append(to_verl_row(r, len(out[split]), split, fmt, settings, fits[r.item_id]))
     write_verl_parquet(out_train, out["train"])
     write_verl_parquet(out_val, out["val"])
 
-    funnel = build_funnel(read_json(manifest_summary_path), tables)
+    funnel = build_funnel(read_json(manifest_summary_path), {**tables, "prompt_budget": budget_rows})
     funnel["contamination"] = {"removed": len(contaminated)}
+    b = {**BUDGET_DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+    funnel["prompt_budget"] = {
+        "max_pixels": int(b["max_pixels"]), "min_pixels": int(b["min_pixels"]),
+        "max_prompt_length": limit,
+        "resized_images": sum(1 for f in fits.values() if f["image_scale"] < 1.0),
+        "largest_prompt_tokens": max((f["prompt_tokens"] for f in fits.values()), default=0),
+        "dropped_prompt_too_long": sum(1 for r in budget_rows if not r.kept),
+    }
     funnel["splits"] = {k: len(v) for k, v in out.items()}
     funnel["split_unit"] = split_unit
     write_json(out_funnel, funnel)
