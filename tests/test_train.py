@@ -23,8 +23,8 @@ from PIL import Image
 
 from r2i.config import ConfigError, load_schema, validate_config
 from r2i.synthesis.dataset import write_verl_parquet
-from r2i.train.launch import NoGPUError, check_gpus, multinode_script, single_node_command
 from r2i.train.budget import effective_train_config
+from r2i.train.launch import NoGPUError, check_gpus, multinode_script, single_node_command
 from r2i.train.overrides import build_overrides, hydra_value
 
 from .conftest import BIN, REPO

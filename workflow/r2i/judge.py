@@ -65,7 +65,6 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from r2i.client import CallCache, ClientStats, EndpointConfig, ModelClient, seed_for

@@ -55,15 +55,15 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "AttentionUnavailableError",
     "box_to_grid_mask",
-    "model_input_size",
-    "resolve_layer",
     "coverage_for_benchmark",
     "coverage_for_item",
     "heatmap_image",
     "image_only_processor",
     "load_model",
+    "model_input_size",
     "num_text_layers",
     "require_backend",
+    "resolve_layer",
     "run_attention",
 ]
 
