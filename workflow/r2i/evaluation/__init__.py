@@ -97,7 +97,7 @@ def probe_subset(items: Sequence[EvalItem], k: int) -> list[EvalItem]:
 async def _latency_probe(client: Any, name: str, items: Sequence[EvalItem], view: str,
                          settings: EvalSettings, max_pixels: int | None) -> dict[str, Any]:
     """Per-item latency at concurrency 1 (the paper's speed axis): ``settings.probe_items`` items,
-    one after another, each call really sent (a nonce body field, ``user``, keeps the call cache
+    one after another before the view's run, each call really sent (a nonce body field, ``user``, keeps the call cache
     from answering it; OpenAI-compatible servers accept and ignore it). The latency of an item is
     its wall time here: every model call of the item plus the client work between them."""
     chosen = probe_subset(items, settings.probe_items)
@@ -144,8 +144,8 @@ async def evaluate_items(items: Sequence[EvalItem], view: str, *, model: Mapping
     ``cache_dir`` (a rerun re-sends nothing). When ``timing`` is given it receives the run's
     facts: ``concurrency``, ``wall_s`` (from the first request to the last reply, servers already
     up, judging excluded), ``items_per_s`` (None when calls came from the cache: not a
-    measurement), ``cached_items`` and ``latency_c1`` (:func:`_latency_probe`, when
-    ``settings.probe_items``).
+    measurement), ``cached_items`` and ``latency_c1`` (:func:`_latency_probe`, run before the
+    view's run when ``settings.probe_items``).
     """
     if view not in VIEWS:
         raise ValueError(f"view must be one of {VIEWS}, not {view!r}")
@@ -159,6 +159,11 @@ async def evaluate_items(items: Sequence[EvalItem], view: str, *, model: Mapping
     async with ModelSet(roles, cache_dir, log_dir=log_dir) as models:
         client = models.roles["model"].client
         name = models.model_name("model")
+        # The probe runs first, while its prompts are new to the server: after the run, a
+        # server's prefix / multimodal caches would answer the same prompts faster than a first
+        # request (vLLM caches both by default).
+        probe = (await _latency_probe(client, name, items, view, settings, max_pixels)
+                 if timing is not None and settings.probe_items > 0 else None)
         t0 = time.perf_counter()
         if view == "tool":
             records = await run_tool_baseline(client, name, items, settings.tool_system_prompt,
@@ -171,9 +176,8 @@ async def evaluate_items(items: Sequence[EvalItem], view: str, *, model: Mapping
         if timing is not None:
             cached = sum(1 for r in records if r.get("cached"))
             timing.update(_throughput(len(records), wall, settings.concurrency, cached))
-            if settings.probe_items > 0:
-                timing["latency_c1"] = await _latency_probe(client, name, items, view, settings,
-                                                            max_pixels)
+            if probe is not None:
+                timing["latency_c1"] = probe
         llm_judge: LLMJudge | None = None
         if judge:
             jc = models.roles["judge"].client
