@@ -300,7 +300,8 @@ def attention_figure(summary_paths: Sequence[str | Path], rows_paths: Sequence[s
         ax2.set_xticks(xs, [d.replace("_", "\n") for d in dims], fontsize=8)
         ax2.set_title(f"per dimension (n = {summary['n']}; reported mapping: "
                       f"{summary.get('box_mapping', 'cells')})", fontsize=9)
-        ax2.legend(fontsize=7.5, frameon=False, ncol=2)
+        ax2.legend(fontsize=7.5, frameon=False, ncol=4, loc="upper center",
+                   bbox_to_anchor=(0.5, -0.16))
     fig.tight_layout()
     _save(fig, out)
     return len(pairs)
