@@ -104,7 +104,7 @@ def test_throughput_is_wall_clock_and_latency_is_at_concurrency_one(
         assert thr["items_per_s"] > summed, view  # 16 in flight: faster than one stream
         c1 = v["latency_c1"]
         assert c1["concurrency"] == 1 and c1["n"] == 3 and c1["errors"] == 0
-        assert c1["samples_per_s"] == pytest.approx(1 / c1["mean"])
+        assert c1["cached_items"] == 0 and c1["samples_per_s"] == pytest.approx(1 / c1["mean"])
         assert "samples_per_s" not in v
 
 
@@ -129,6 +129,18 @@ def test_rerun_is_answered_from_the_cache(eval_run: dict[str, Any]) -> None:
     assert [r["response"] for r in recs] == [r["response"] for r in first]
     run = json.loads((eval_run["out"] / "full_again.run.json").read_text())
     assert run["items_per_s"] is None and "call cache" in run["note"]  # not a measurement
+
+
+def test_rerun_resends_nothing_the_probe_finished(eval_run: dict[str, Any]) -> None:
+    """The probe's calls are cached like any other: a rerun (e.g. after a kill) re-sends none of
+    them and reports the latency recorded when they were sent one at a time."""
+    first = json.loads((eval_run["out"] / "full.run.json").read_text())["latency_c1"]
+    again = eval_run["out"] / "full_probe_again.jsonl"
+    evaluate_view("toy_zoombench", eval_run["bench"], "full", out=again,
+                  run_out=eval_run["out"] / "full_probe_again.run.json", **eval_run["common"])
+    c1 = json.loads((eval_run["out"] / "full_probe_again.run.json").read_text())["latency_c1"]
+    assert c1["cached_items"] == c1["n"] == first["n"] and c1["ids"] == first["ids"]
+    assert c1["mean"] == pytest.approx(first["mean"], rel=0.5)
 
 
 @pytest.mark.parametrize(("variant", "transport"), [("pixel", "tools"), ("pixel", "prompt"),

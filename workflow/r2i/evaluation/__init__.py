@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,32 +93,42 @@ def probe_subset(items: Sequence[EvalItem], k: int) -> list[EvalItem]:
     return [items[i] for i in idx]
 
 
+#: Body field that keeps the probe's calls apart from the run's in the call cache (OpenAI
+#: ``user``: accepted and ignored by vLLM, hosted APIs and the simulator).
+PROBE_TAG = {"user": "r2i-latency-probe"}
+
+
 async def _latency_probe(client: Any, name: str, items: Sequence[EvalItem], view: str,
                          settings: EvalSettings, max_pixels: int | None) -> dict[str, Any]:
     """Per-item latency at concurrency 1 (the paper's speed axis): ``settings.probe_items`` items,
-    one after another before the view's run, each call really sent (a nonce body field, ``user``, keeps the call cache
-    from answering it; OpenAI-compatible servers accept and ignore it). The latency of an item is
-    its wall time here: every model call of the item plus the client work between them."""
+    one after another, before the view's run.
+
+    The probe's requests carry :data:`PROBE_TAG`, so they are distinct from the run's (which
+    then measures its own throughput) but stable: a job killed and rerun answers the probe's
+    finished calls from the call cache like any other call (nothing completed is re-sent). An
+    item's latency is its model calls' latency as recorded when they were sent (one in flight)
+    plus the client work between them measured now (image encoding, crops), so a cached probe
+    reports the latency measured when its calls were first made (``cached_items`` says how many).
+    """
     chosen = probe_subset(items, settings.probe_items)
-    nonce = f"r2i-latency-probe-{uuid.uuid4().hex}"
     lat: list[float] = []
-    errors = 0
+    errors = cached = 0
     for it in chosen:
-        extra = {"user": f"{nonce}-{it.id}"}
-        t0 = time.perf_counter()
         if view == "tool":
             rec = await run_tool_agent(client, name, it, settings.tool_system_prompt,
-                                       settings.sampling, settings.tool, extra_fields=extra)
+                                       settings.sampling, settings.tool, extra_fields=PROBE_TAG)
         else:
             rec = await infer_item(client, name, it, view, settings.system_prompt,
-                                   settings.sampling, max_pixels, extra_fields=extra)
+                                   settings.sampling, max_pixels, extra_fields=PROBE_TAG)
         if rec.get("error"):
             errors += 1
             continue
-        lat.append(time.perf_counter() - t0)
+        cached += bool(rec.get("cached"))
+        overhead = max(0.0, float(rec.get("item_s", 0.0)) - float(rec.get("call_wall_s", 0.0)))
+        lat.append(float(rec["latency_s"]) + overhead)
     stats = latency_stats(lat)
-    return {"concurrency": 1, "n": len(lat), "errors": errors, "ids": [it.id for it in chosen],
-            "latency_s": [round(v, 4) for v in lat], **stats,
+    return {"concurrency": 1, "n": len(lat), "errors": errors, "cached_items": cached,
+            "ids": [it.id for it in chosen], "latency_s": [round(v, 4) for v in lat], **stats,
             "samples_per_s": (1.0 / stats["mean"]) if stats["mean"] else None}
 
 

@@ -356,7 +356,8 @@ def coverage_for_item(
         raise ValueError(f"box_mapping must be one of {BOX_MAPPINGS}, not {box_mapping!r}")
     orig = image.convert("RGB")
     size = model_input_size(orig.size, processor, max_pixels)
-    resized_in = orig if size == orig.size else orig.resize(size, Image.Resampling.BICUBIC)
+    resized_in = (orig if size == orig.size else
+                  orig.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0))
     text = _prompt(processor, question)
     inputs = processor(text=[text], images=[resized_in], return_tensors="pt")
     device = next(model.parameters()).device

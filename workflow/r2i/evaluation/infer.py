@@ -105,8 +105,8 @@ async def infer_item(client: ModelClient, model: str, item: EvalItem, view: str,
     """One item, one view: the response, its latency and tokens (or the error).
 
     ``latency_s`` is the request's (as recorded in the cache for a cached call); ``item_s`` the
-    wall time of the whole item here (message building included). ``extra_fields`` are further
-    body fields (the latency probe sends a nonce so that its calls are really sent)."""
+    wall time of the whole item here (message building included), ``call_wall_s`` the part spent
+    waiting for the call. ``extra_fields`` are further body fields (the latency probe's tag)."""
     rec = _base_record(item, view, model)
     t_item = time.perf_counter()
     msgs = await asyncio.to_thread(build_messages, system_prompt, item, view, max_pixels)
@@ -119,10 +119,11 @@ async def infer_item(client: ModelClient, model: str, item: EvalItem, view: str,
     except ModelCallError as exc:
         now = time.perf_counter()
         rec.update(response=None, error=str(exc), latency_s=now - t0, item_s=now - t_item,
-                   prompt_tokens=0, completion_tokens=0, cached=False)
+                   call_wall_s=now - t0, prompt_tokens=0, completion_tokens=0, cached=False)
         return rec
+    now = time.perf_counter()
     rec.update(response=res.texts[0], error=None, latency_s=res.latency_s,
-               item_s=time.perf_counter() - t_item,
+               item_s=now - t_item, call_wall_s=now - t0,
                prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
                cached=res.cached)
     return rec

@@ -353,7 +353,8 @@ def _new_record(item: EvalItem, model: str) -> dict[str, Any]:
     return {"id": item.id, "dimension": item.dimension, "view": "tool", "model": model,
             "query": item.query, "reference": item.reference, "response": None, "error": None,
             "tool_calls": 0, "turns": 0, "boxes": [], "tool_errors": 0, "latency_s": 0.0,
-            "prompt_tokens": 0, "completion_tokens": 0, "cached": True, "hit_call_limit": False}
+            "prompt_tokens": 0, "completion_tokens": 0, "cached": True, "hit_call_limit": False,
+            "item_s": 0.0, "call_wall_s": 0.0}
 
 
 async def _call(client: ModelClient, model: str, msgs: list[dict[str, Any]], sampling: Sampling,
@@ -367,7 +368,9 @@ async def _call(client: ModelClient, model: str, msgs: list[dict[str, Any]], sam
     except ModelCallError as exc:
         rec["error"] = str(exc)
         rec["latency_s"] += time.perf_counter() - t0
+        rec["call_wall_s"] += time.perf_counter() - t0
         return None
+    rec["call_wall_s"] += time.perf_counter() - t0
     rec["turns"] += 1
     rec["latency_s"] += res.latency_s
     rec["prompt_tokens"] += res.prompt_tokens
@@ -501,10 +504,14 @@ async def run_tool_agent(client: ModelClient, model: str, item: EvalItem, system
                          extra_fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One item through the zoom-tool loop of ``settings.variant``: the final response plus
     ``tool_calls``, ``turns`` (model calls), the zoomed ``boxes``, ``tool_errors``,
-    ``hit_call_limit``, latency (sum over calls) and tokens. ``extra_fields`` are further body
-    fields of every call (the latency probe's nonce)."""
+    ``hit_call_limit``, latency (sum over calls), ``item_s`` (wall time of the whole loop),
+    ``call_wall_s`` (the part spent waiting for calls) and tokens. ``extra_fields`` are further
+    body fields of every call (the latency probe's tag)."""
     run = _run_qwen_agent if settings.variant == "qwen_agent" else _run_pixel_agent
-    return await run(client, model, item, system_prompt, sampling, settings, extra_fields)
+    t0 = time.perf_counter()
+    rec = await run(client, model, item, system_prompt, sampling, settings, extra_fields)
+    rec["item_s"] = time.perf_counter() - t0
+    return rec
 
 
 async def run_tool_baseline(client: ModelClient, model: str, items: Sequence[EvalItem],
