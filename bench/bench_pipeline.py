@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         out["replay_requests"] = int(server.stats()["requests"])
         if args.replay_no_memo:
             shutil.rmtree(wd / "results")
-                cfg2 = config_for(repo, wd, base_url=server.url, stage_memo=False, **base)
+            cfg2 = config_for(repo, wd, base_url=server.url, stage_memo=False, **base)
             reset(server)
             out["replay_no_memo_s"] = round(run_snakemake(repo, wd, cfg2, "-c", str(args.jobs), "synthesis"), 2)
             out["replay_no_memo_requests"] = int(server.stats()["requests"])

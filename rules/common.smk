@@ -234,7 +234,14 @@ def evaluation_env():
 
 
 def benchmark_files():
-    return [b["path"] for b in config["benchmarks"].values()]
+    """Every benchmark's input files (all parquet shards of a folder, glob or list)."""
+    from r2i.evaluation import benchmark_files_of
+
+    return [
+        f
+        for name in config["benchmarks"]
+        for f in benchmark_files_of(config, name, WorkflowError)
+    ]
 
 
 def synthesis_targets():

@@ -1,6 +1,7 @@
 # Evaluation (spec "Evaluation"): each model x benchmark x view (full image, crop, zoom tool)
-# -> per-item JSONL; the views of a model x benchmark -> metrics.json (accuracy per dimension,
-# zooming gap with paired bootstrap intervals, tool baseline accuracy and latency).
+# -> per-item JSONL + the view's run facts (throughput at the stated concurrency, latency at
+# concurrency 1); the views of a model x benchmark -> metrics.json (accuracy per dimension,
+# zooming gap with paired bootstrap intervals, tool baseline accuracy and speed).
 # Input functions and params live in r2i.evaluation.EvalWorkflow; see docs/evaluation.md.
 
 from r2i.evaluation import EvalWorkflow
@@ -19,6 +20,7 @@ rule evaluate:
         judge_prompt=EVAL_WF.judge_prompt(),
     output:
         records=EVAL_WF.records(),
+        run=EVAL_WF.run_info(),
     log:
         LOGS / "eval" / "{model}" / "{benchmark}" / "{view}.log",
     wildcard_constraints:
@@ -42,6 +44,7 @@ rule evaluate:
 rule eval_metrics:
     input:
         views=EVAL_WF.view_files,
+        runs=EVAL_WF.run_files,
     output:
         metrics=EVAL_WF.output("metrics.json"),
         per_item=EVAL_WF.output("items.jsonl"),

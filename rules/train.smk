@@ -4,9 +4,11 @@
 # The checkpoint dir is deliberately not an output (Snakemake would delete it before a rerun);
 # verl resumes from it (trainer.resume_mode=auto). See docs/training.md.
 
+from r2i.train.budget import effective_train_config
 from r2i.train.overrides import build_overrides
 
-TRAIN = config["train"]
+# train.min_pixels/max_pixels null: the dataset's (synthesis.dataset), what the images were sized for
+TRAIN = effective_train_config(config)
 TRAIN_DIR = RESULTS / "train" / TRAIN["name"]
 TRAIN_CKPT = Path(TRAIN["output_dir"] or TRAIN_DIR / "checkpoints")
 
@@ -39,6 +41,8 @@ rule train:
         gpu=TRAIN["gpus_per_node"],
     params:
         overrides=TRAIN_OVERRIDES,
+        # data.max_prompt_length null: derived from the dataset at run time (r2i.train.budget)
+        budget={k: TRAIN[k] for k in ("max_prompt_length", "min_pixels", "max_pixels")},
         nodes=TRAIN["nodes"],
         gpus_per_node=TRAIN["gpus_per_node"],
         ckpt_dir=TRAIN_CKPT,

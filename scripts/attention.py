@@ -26,4 +26,5 @@ run_attention(
     max_pixels=int(s["max_pixels"]),
     heatmaps=int(s["heatmaps"]),
     device=None if s["device"] == "auto" else s["device"],
+    box_mapping=s["box_mapping"],
 )

@@ -23,4 +23,5 @@ write_metrics(
     n_boot=int(b["n_boot"]),
     seed=int(b["seed"]),
     alpha=float(b["alpha"]),
+    run_files=dict(zip(sm.params["views"], sm.input["runs"], strict=True)),
 )

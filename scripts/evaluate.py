@@ -20,14 +20,16 @@ settings = EvalSettings(
     system_prompt=Path(sm.input["system_prompt"]).read_text(encoding="utf-8"),
     tool_system_prompt=Path(sm.input["system_prompt"]).read_text(encoding="utf-8"),
     sampling=Sampling.from_config(s["sampling"]),
-    tool=ZoomSettings(**(s["tool"] or {})),
+    tool=ZoomSettings.from_config(s["tool"]),
     concurrency=int(s["concurrency"]),
+    probe_items=int(s["probe_items"]),
 )
 evaluate_view(
     sm.params["benchmark_name"],
     s["benchmark"],
     view,
     out=sm.output["records"],
+    run_out=sm.output["run"],
     model=s["model"],
     endpoints=cfg["endpoints"],
     settings=settings,

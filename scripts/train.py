@@ -19,6 +19,7 @@ use_checkout(__file__)  # the r2i library from this checkout, in any env or cont
 
 from r2i.io import atomic_path
 from r2i.train.launch import check_gpus, multinode_script, single_node_command
+from r2i.train.overrides import prompt_length_override
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script directive
 
@@ -31,6 +32,8 @@ log.parent.mkdir(parents=True, exist_ok=True)
 ckpt_dir.mkdir(parents=True, exist_ok=True)
 
 check_gpus(gpus)
+# data.max_prompt_length from the dataset (null), or a check that every item fits the configured one
+overrides += prompt_length_override(dict(params.budget), [snakemake.input.train, snakemake.input.val])
 
 with open(log, "a", encoding="utf-8") as fh:
     if nodes == 1:

@@ -92,7 +92,10 @@ def test_attention_coverage_end_to_end(built: Path) -> None:
     summary = json.loads((d / "summary.json").read_text())
     rows = [json.loads(line) for line in (d / "coverage.jsonl").read_text().splitlines()]
     assert summary["n"] == len(rows) > 0 and summary["tiny_random_model"] is True
-    assert summary["layer_requested"] == 24 and summary["layer"] == summary["n_layers"] - 1
+    # layers are 1-based like the paper's: 24 on the 2-layer model is clamped to the last (2)
+    assert summary["layer_requested"] == 24 and summary["layer"] == summary["n_layers"]
+    assert summary["layer_index"] == summary["n_layers"] - 1
+    assert set(summary["mappings"]) == {"cells", "area"} and summary["box_mapping"] == "cells"
     assert set(summary["per_dimension"]) == {r["dimension"] for r in rows}
     assert all(0 <= r["coverage"] <= 1 and 0 < r["box_share"] <= 1 for r in rows)
     share = summary["mean_box_share"]

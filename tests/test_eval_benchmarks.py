@@ -118,3 +118,81 @@ def test_options_from_query() -> None:
     assert options_from_query("Q?\n(A) x\n(B) y\n(C) z") == ["x", "y", "z"]
     assert options_from_query("How many?") == []
     assert options_from_query("B. y\nC. z") == []
+
+
+def test_zoombench_reads_every_shard_folder_glob_or_list(tmp_path: Path) -> None:
+    """A dataset saved in several parquet shards is read whole, whichever way it is named."""
+    shards = tmp_path / "ZoomBench" / "data"
+    shards.mkdir(parents=True)
+    for k, color in enumerate(["red", "green", "blue"]):
+        pd.DataFrame([{"id": f"s{k}", "image": {"bytes": _png(color), "path": None},
+                       "crop_image": {"bytes": _png(color), "path": None},
+                       "prompt": f"Color {k}?", "answer": color}]).to_parquet(
+            shards / f"test-0000{k}-of-00003.parquet")
+    expect = ["s0", "s1", "s2"]
+    for path in (str(tmp_path / "ZoomBench"), str(shards / "test-*.parquet"),
+                 [str(shards / "test-00000-of-00003.parquet"), str(shards / "test-0000[12]*")]):
+        items = load_benchmark("zb", {"format": "zoombench", "path": path})
+        assert [it.id for it in items] == expect, path
+    spec = {"format": "zoombench", "path": str(shards / "train-*.parquet")}
+    with pytest.raises(BenchmarkMissingError, match=r"train-\*\.parquet.*no parquet file matches"):
+        load_benchmark("zb", spec)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BenchmarkMissingError, match=r"empty: no parquet file"):
+        load_benchmark("zb", {"format": "zoombench", "path": str(empty)})
+
+
+def test_json_images_relative_to_the_json_file_and_image_placeholders(tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    bench = tmp_path / "bench"
+    (bench / "images").mkdir(parents=True)
+    (bench / "images" / "a.png").write_bytes(_png("red"))
+    roots = tmp_path / "other_root"
+    roots.mkdir()
+    (roots / "b.png").write_bytes(_png("blue"))
+    data = [{"images": ["images/a.png"], "query": "<image>\nWhat color is it?", "response": "red"},
+            {"images": ["b.png"], "query": "Color? <image>", "response": "blue"}]
+    (bench / "b.json").write_text(json.dumps(data))
+    monkeypatch.chdir(tmp_path)  # relative to the JSON file, not the working directory
+    items = load_benchmark("j", {"format": "json", "path": "bench/b.json",
+                                 "image_root": str(roots)})
+    assert [it.query for it in items] == ["What color is it?", "Color?"]
+    assert Image.open(io.BytesIO(items[0].images[0])).getpixel((0, 0)) == (255, 0, 0)
+    assert Image.open(io.BytesIO(items[1].images[0])).getpixel((0, 0)) == (0, 0, 255)
+    data.append({"id": "q7", "images": ["images/missing.png"], "query": "?", "response": "x"})
+    (bench / "b.json").write_text(json.dumps(data))
+    with pytest.raises(FileNotFoundError) as err:
+        load_benchmark("j", {"format": "json", "path": "bench/b.json", "image_root": str(roots)})
+    msg = str(err.value)
+    assert "item q7" in msg and "images/missing.png" in msg
+    assert str(roots / "images" / "missing.png") in msg and str(bench / "images") in msg
+
+
+def test_workflow_inputs_are_every_shard(tmp_path: Path) -> None:
+    from r2i.evaluation import benchmark_files_of
+
+    for k in range(2):
+        _zoombench_parquet(tmp_path / f"part-{k}.parquet", "hf")
+    cfg = {"benchmarks": {"zb": {"format": "zoombench", "path": str(tmp_path / "part-*.parquet")}}}
+    assert benchmark_files_of(cfg, "zb") == [str(tmp_path / "part-0.parquet"),
+                                             str(tmp_path / "part-1.parquet")]
+
+
+def test_contamination_hashes_use_the_same_loader(tmp_path: Path) -> None:
+    """The dataset's contamination check sees every shard and the JSON images as evaluation does."""
+    import hashlib
+
+    from r2i.synthesis.dataset import benchmark_hashes
+
+    for k, color in enumerate(["red", "green"]):
+        pd.DataFrame([{"id": f"s{k}", "image": {"bytes": _png(color), "path": None},
+                       "prompt": "?", "answer": "x"}]).to_parquet(tmp_path / f"p{k}.parquet")
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(_png("blue"))
+    (tmp_path / "b.json").write_text(json.dumps([{"images": ["img/a.png"], "query": "?",
+                                                  "response": "x"}]))
+    got = benchmark_hashes({"zb": {"format": "zoombench", "path": str(tmp_path / "p*.parquet")},
+                            "j": {"format": "json", "path": str(tmp_path / "b.json")}})
+    assert got["zb"]["files"] == {hashlib.sha256(_png(c)).hexdigest() for c in ("red", "green")}
+    assert got["j"]["files"] == {hashlib.sha256(_png("blue")).hexdigest()}

@@ -19,6 +19,7 @@ import pytest
 
 from r2i.client import EndpointConfig, free_port
 from r2i.judge import (
+    DEFAULT_JUDGE_MAX_TOKENS,
     DEFAULT_JUDGE_PROMPT,
     LLMJudge,
     MathWorker,
@@ -162,9 +163,50 @@ def test_mcq_letter(truth: str, letter: str | None):
     ("Yes, because both mean red.", True), ("<think>no idea... maybe no</think>\nYes", True),
     ("The answers match: yes", True), ("Maybe", None), ("Nope", None), ("", None),
     ("I cannot say yes or no", None),
+    # reasoning blocks are stripped before the verdict is read, whatever they are called, and
+    # also when the chat template opened <think> in the prompt (only the closing tag is seen)
+    ("<thinking>red vs crimson: yes? no...</thinking>\nNo", False),
+    ("Okay, the reference says red, not blue, so no match... yes, I'm sure.\n</think>\n\nNo", False),
+    ("<think>the answers differ, so the verdict is no, wait, yes", None),  # cut off: no verdict
+    ("\\boxed{Yes}", True),
 ])
 def test_parse_judge_reply(reply: str, value: bool | None):
     assert parse_judge_reply(reply) is value
+
+
+async def test_thinking_judge_fits_in_the_default_max_tokens(tmp_path: Path):
+    """A reasoning judge writes ~1,000 tokens before its verdict: with the old 16-token budget
+    every verdict was cut off and counted unparsed; the default (2048, the reference's) fits."""
+    from aiohttp import web
+
+    seen: list[int] = []
+    reasoning = "Let me compare the two answers carefully. " * 90  # ~4,000 chars, ~1,000 tokens
+
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append(int(body["max_tokens"]))
+        text = (reasoning + "</think>\n\nYes")[: 4 * int(body["max_tokens"])]  # 4 chars a token
+        return web.json_response({"id": "x", "object": "chat.completion", "model": body["model"],
+                                  "choices": [{"index": 0, "finish_reason": "length",
+                                               "message": {"role": "assistant", "content": text}}],
+                                  "usage": {"prompt_tokens": 10, "completion_tokens": 10}})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        ep = {"name": "judge", "base_url": f"http://127.0.0.1:{port}/v1", "max_retries": 0}
+        async with LLMJudge(ep, "thinker", DEFAULT_JUDGE_PROMPT, None) as judge:
+            assert await judge.verdict("Color?", "red", "crimson") == (True, "judge")
+        async with LLMJudge(ep, "thinker", DEFAULT_JUDGE_PROMPT, None, max_tokens=16) as judge:
+            assert await judge.verdict("Color?", "red", "crimson") == (False, "judge_unparsed")
+            assert judge.counts["judge_unparsed"] == 1
+    finally:
+        await runner.cleanup()
+    assert seen == [DEFAULT_JUDGE_MAX_TOKENS, 16] and DEFAULT_JUDGE_MAX_TOKENS == 2048
 
 
 def test_dangerous_math_is_fast():

@@ -6,6 +6,7 @@ import pytest
 
 from r2i.parsing import (
     ParseError,
+    extract_answer,
     extract_answer_tag,
     extract_boxed,
     first_option_letter,
@@ -102,11 +103,30 @@ def test_parse_distractors():
         ("<think>hm</think><answer>B</answer>", "B"),
         ("<answer> (C) red </answer>", "(C) red"),
         ("no tags", None),
-        ("<answer>A</answer> wait <answer>D</answer>", "D"),
+        # several blocks: the FIRST counts (the reference's rule, in reward and evaluation alike)
+        ("<answer>A</answer> wait <answer>D</answer>", "A"),
+        # an <answer> written while thinking does not count
+        ("<think>maybe <answer>A</answer></think><answer>C</answer>", "C"),
+        ("reasoning...</think><answer>D</answer>", "D"),
     ],
 )
 def test_answer_tag(text, expected):
     assert extract_answer_tag(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "answer", "source"),
+    [
+        ("I think...\n<answer>B</answer>", "B", "tag"),
+        ("It is red.\n<answer>B", "B", "unclosed_tag"),
+        ("The sign is red.\nAnswer: B. red", "B. red", "answer_line"),
+        ("line1\nline2\nline3\nThe answer is B.", "line2\nline3\nThe answer is B.", "last_lines"),
+        ("<think>Answer: A is tempting</think>\nIt must be C.", "It must be C.", "last_lines"),
+        ("", None, None),
+    ],
+)
+def test_extract_answer_falls_back_like_the_reference(text, answer, source):
+    assert extract_answer(text) == (answer, source)
 
 
 @pytest.mark.parametrize(

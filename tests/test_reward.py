@@ -45,8 +45,9 @@ CASES: list[tuple[str, str, float, float, str, str]] = [
     (wrap(""), "B", 0.0, 1.0, "empty", ""),
     (wrap("   "), "B", 0.0, 1.0, "empty", ""),
     (wrap("B " + "because " * 40), "B", 0.0, 1.0, "too_long", "B"),
-    ("<answer>C</answer> on second thought <answer>B</answer>", "B", 1.0, 0.0, "exact", "B"),
-    ("<answer>B</answer> <answer>C</answer>", "B", 0.0, 0.0, "mcq_letter", "C"),  # last counts
+    # several blocks: the first one counts, in the reward as in evaluation (r2i.parsing)
+    ("<answer>C</answer> on second thought <answer>B</answer>", "B", 0.0, 0.0, "mcq_letter", "C"),
+    ("<answer>B</answer> <answer>C</answer>", "B", 1.0, 0.0, "exact", "B"),  # the first counts
     ("<ANSWER> b </ANSWER>", "B", 1.0, 1.0, "exact", "B"),
     ("<answer>B</answer></answer>", "B", 1.0, 0.0, "exact", "B"),  # stray tag: format 0
     (wrap("three"), "3", 1.0, 1.0, "exact", "3"),

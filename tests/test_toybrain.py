@@ -29,7 +29,7 @@ from r2i.toy.world import (
     size_params,
 )
 
-PROMPTS = Path(__file__).resolve().parents[1] / "config" / "prompts"
+PROMPTS = Path(__file__).resolve().parents[1] / "workflow" / "r2i" / "data" / "prompts"
 
 
 def tiny_world(factory: pytest.TempPathFactory) -> Path:

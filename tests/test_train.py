@@ -23,6 +23,7 @@ from PIL import Image
 
 from r2i.config import ConfigError, load_schema, validate_config
 from r2i.synthesis.dataset import write_verl_parquet
+from r2i.train.budget import effective_train_config
 from r2i.train.launch import NoGPUError, check_gpus, multinode_script, single_node_command
 from r2i.train.overrides import build_overrides, hydra_value
 
@@ -38,7 +39,7 @@ CKPT = "results/toy/train/qwen2_5_vl_7b/checkpoints"
 def train_cfg(**changes):
     cfg = {"train": changes}
     validate_config(cfg, {"type": "object", "properties": {"train": load_schema()["properties"]["train"]}})
-    return cfg["train"]
+    return effective_train_config(cfg)  # min/max_pixels null -> the dataset's (defaults here)
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +103,8 @@ def test_overrides_compose_against_verl(verl_config_dir):
     """Every override is a key verl 0.9 knows (Hydra raises otherwise); print the paper's values."""
     c = train_cfg(reward={"judge_base_url": "http://judge-host:8000/v1"})
     ov = build_overrides(c, TRAIN_FILES, VAL_FILES, REWARD, CKPT, experiment_name="toy-qwen2_5_vl_7b")
+    assert not any(o.startswith("data.max_prompt_length=") for o in ov)  # derived at run time
+    ov.append("data.max_prompt_length=16384")  # what the train rule appends from the dataset
     cfg = compose(verl_config_dir, ov)
     from omegaconf import OmegaConf
 
@@ -142,7 +145,8 @@ def test_overrides_compose_against_verl(verl_config_dir):
     assert rf.reward_kwargs.format_weight == 0.0 and cfg.reward.reward_manager.name == "naive"
     assert all(v is None for v in cfg.custom_reward_function.values())
     # the rollout derives its lengths from data.*
-    assert a.rollout.response_length == 2048 and a.rollout.prompt_length == c["max_prompt_length"]
+    assert a.rollout.response_length == 2048 and a.rollout.prompt_length == 16384
+    assert rf.reward_kwargs.judge_max_tokens == 2048
 
 
 def test_multinode_overrides_compose(verl_config_dir):

@@ -17,8 +17,11 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
+from r2i.resources import schema_path
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = REPO_ROOT / "config" / "schema" / "config.schema.yaml"
+# Package data (r2i/data/schema/), so a wheel or an image that copies workflow/ only has it.
+SCHEMA_PATH = schema_path("config")
 
 
 class ConfigError(ValueError):

@@ -36,7 +36,8 @@ Decisions taken where the method is silent (all covered by tests/test_judge.py):
 
 :class:`LLMJudge` asks an OpenAI-compatible model through :mod:`r2i.client` (retries, bounded
 concurrency, persistent cache: a repeated question is never re-sent) at temperature 0 with a seed
-derived from the prompt. FALLBACK: when the judge stays unreachable after the client's retries
+derived from the prompt, allowing ``max_tokens`` (default 2048, as the reference judge) so that a
+thinking judge reaches its verdict; reasoning blocks are stripped before the verdict is read. FALLBACK: when the judge stays unreachable after the client's retries
 (or is skipped while its circuit breaker is open after repeated failures), the verdict is the
 rule verdict if the rules decide, else ``False`` (score 0.0), with source
 ``"judge_unavailable"``; it is logged and counted, never raised, so a training step never crashes
@@ -64,14 +65,15 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from r2i.client import CallCache, ClientStats, EndpointConfig, ModelClient, seed_for
-from r2i.parsing import _NUMBER_WORDS, normalize_answer
+from r2i.parsing import _NUMBER_WORDS, normalize_answer, strip_reasoning
 from r2i.prompts import PromptTemplate, load_template
+from r2i.resources import prompt_path
 
 __all__ = [
+    "DEFAULT_JUDGE_MAX_TOKENS",
     "DEFAULT_JUDGE_PROMPT",
     "MAX_ANSWER_CHARS",
     "JudgeSettings",
@@ -85,6 +87,7 @@ __all__ = [
     "math_equivalent",
     "mcq_letter",
     "parse_judge_reply",
+    "reply_verdict",
     "rule_verdict",
     "shared_judge_thread",
 ]
@@ -97,8 +100,11 @@ Verdict = tuple[bool | None, str]
 
 #: Answers this long (in characters) or longer score 0 (the method's length rule).
 MAX_ANSWER_CHARS = 300
-#: The judge prompt of the repository (``$question``, ``$reference``, ``$answer``).
-DEFAULT_JUDGE_PROMPT = Path(__file__).resolve().parents[2] / "config" / "prompts" / "judge.txt"
+#: Completion budget of one judge call. A thinking judge (Qwen3 with reasoning) writes hundreds
+#: of tokens before its verdict; the paper's reference judge allows 2048.
+DEFAULT_JUDGE_MAX_TOKENS = 2048
+#: The shipped judge prompt (package data, ``$question``, ``$reference``, ``$answer``).
+DEFAULT_JUDGE_PROMPT = prompt_path("judge")
 
 # ---------------------------------------------------------------------------------------------
 # Option letters
@@ -465,17 +471,18 @@ def judge_reference(ground_truth: str, options: Sequence[str] | None = None,
     return f"{letter}. {text}" if text else letter
 
 
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 
 
 def parse_judge_reply(text: str) -> bool | None:
     """True for Yes, False for No, None when the reply says neither (or both, first word aside).
 
-    The first word decides ("Yes.", "**No**", "yes, because..."); otherwise a reply mentioning
-    exactly one of the two words decides; reasoning in ``<think>`` blocks is ignored.
+    Reasoning blocks are removed first (:func:`r2i.parsing.strip_reasoning`: ``<think>``,
+    ``<thinking>``, ``<reasoning>``; a reply whose reasoning was cut off by ``max_tokens`` has no
+    verdict). Then the first word decides ("Yes.", "**No**", "yes, because..."); otherwise a
+    reply mentioning exactly one of the two words decides (``\\boxed{Yes}``, "My verdict: no").
     """
-    t = _THINK.sub(" ", text or "").strip()
+    t = strip_reasoning(text or "")
     first = re.match(r"^[\W_]*([A-Za-z]+)", t)
     if first and first.group(1).lower() in ("yes", "no"):
         return first.group(1).lower() == "yes"
@@ -483,6 +490,17 @@ def parse_judge_reply(text: str) -> bool | None:
     if len(found) == 1:
         return found.pop() == "yes"
     return None
+
+
+def reply_verdict(text: str) -> tuple[bool, str]:
+    """``(correct, source)`` of one judge reply: ``(True|False, "judge")``, or
+    ``(False, "judge_unparsed")`` when it says neither Yes nor No (counted, never raised).
+
+    What any caller that talks to the judge itself should use (e.g. the synthesis difficulty
+    filter), with ``max_tokens=DEFAULT_JUDGE_MAX_TOKENS`` so a thinking judge is not cut off.
+    """
+    value = parse_judge_reply(text)
+    return (False, "judge_unparsed") if value is None else (value, "judge")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,7 +534,7 @@ class LLMJudge:
         cache_dir: str | os.PathLike[str] | None = None,
         *,
         base_url: str | None = None,
-        max_tokens: int | None = 16,
+        max_tokens: int | None = DEFAULT_JUDGE_MAX_TOKENS,
         failure_threshold: int = 5,
         cooldown_s: float = 30.0,
         memo_size: int = 100_000,
@@ -607,12 +625,10 @@ class LLMJudge:
             self._note_failure(type(exc).__name__)
             return self._fallback(reference, answer, ground_truth)
         self._failures = 0
-        value = parse_judge_reply(res.texts[0])
-        if value is None:
-            log.info("judge %s reply is neither Yes nor No: %r", self.model, res.texts[0][:120])
-            out = (False, "judge_unparsed")
-        else:
-            out = (value, "judge")
+        out = reply_verdict(res.texts[0])
+        if out[1] == "judge_unparsed":
+            log.info("judge %s reply is neither Yes nor No (max_tokens %s): %r", self.model,
+                     self.max_tokens, res.texts[0][-160:])
         self.counts[out[1]] += 1
         if len(self._memo) >= self.memo_size:
             self._memo.pop(next(iter(self._memo)))
@@ -657,7 +673,7 @@ class JudgeSettings:
     backoff_max_s: float = 10.0
     cache_dir: str | None = None
     prompt_path: str = str(DEFAULT_JUDGE_PROMPT)
-    max_tokens: int | None = 16
+    max_tokens: int | None = DEFAULT_JUDGE_MAX_TOKENS
     failure_threshold: int = 5
     cooldown_s: float = 30.0
 

@@ -165,14 +165,80 @@ def parse_distractors(text: str) -> list[str]:
 
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_OPEN_TAG = re.compile(r"<answer>", re.IGNORECASE)
+#: Reasoning blocks models emit before answering (Qwen3/DeepSeek ``<think>``, others spell it
+#: ``<thinking>``/``<reasoning>``); closed blocks only.
+REASONING_BLOCK = re.compile(r"<(think|thinking|reasoning)>.*?</\1>", re.DOTALL | re.IGNORECASE)
+_REASONING_END = re.compile(r"</(?:think|thinking|reasoning)>", re.IGNORECASE)
+_REASONING_OPEN = re.compile(r"<(?:think|thinking|reasoning)>", re.IGNORECASE)
+
+
+def strip_reasoning(text: str) -> str:
+    """``text`` without reasoning blocks: closed ``<think>...</think>`` (also ``thinking``,
+    ``reasoning``) blocks are removed; a closing tag without its opening one (chat templates
+    that put ``<think>`` in the prompt) drops everything before it; an opening tag never closed
+    (reasoning cut off by the token limit) drops everything after it."""
+    t = REASONING_BLOCK.sub(" ", text or "")
+    ends = list(_REASONING_END.finditer(t))
+    if ends:
+        t = t[ends[-1].end():]
+    m = _REASONING_OPEN.search(t)
+    if m:
+        t = t[: m.start()]
+    return t.strip()
 
 
 def extract_answer_tag(text: str) -> str | None:
-    """Content of the last ``<answer>...</answer>``; None when the tags are missing."""
-    found = _ANSWER_TAG.findall(text or "")
-    if not found:
-        return None
-    return found[-1].strip()
+    """Content of the FIRST complete ``<answer>...</answer>`` block outside reasoning blocks;
+    None when there is none.
+
+    One rule for the GRPO reward (:mod:`r2i.reward`), evaluation and the difficulty filter. The
+    paper's reference code takes the first block in both its reward (``re.search``) and its
+    evaluation judge (``str.find``), so the first block it is; reasoning blocks are skipped
+    first, so an ``<answer>`` quoted while thinking does not count (docs/evaluation.md).
+    """
+    m = _ANSWER_TAG.search(strip_reasoning(text or ""))
+    return m.group(1).strip() if m else None
+
+
+_ANSWER_LINE = re.compile(r"answer\s*[:：]", re.IGNORECASE)
+
+#: How :func:`extract_answer` found the answer (``None``: no answer).
+ANSWER_SOURCES = ("tag", "unclosed_tag", "answer_line", "last_lines")
+
+
+def extract_answer(text: str, last_lines: int = 3) -> tuple[str | None, str | None]:
+    """The answer of a free-form reply and how it was found: evaluation's rule, which also scores
+    models never trained on the tag format (base models, peers), as the reference does.
+
+    In order, on the reply without reasoning blocks (:func:`strip_reasoning`):
+
+    1. ``"tag"``: the first complete ``<answer>...</answer>`` (:func:`extract_answer_tag`);
+    2. ``"unclosed_tag"``: an ``<answer>`` never closed (cut off): the text after it;
+    3. ``"answer_line"``: the text after the first ``Answer:`` to the end of the reply;
+    4. ``"last_lines"``: the last ``last_lines`` non-empty lines.
+
+    Returns ``(None, None)`` for an empty reply. The reward does NOT use this (see
+    :mod:`r2i.reward`: no tags, no accuracy).
+    """
+    tagged = extract_answer_tag(text)
+    if tagged is not None:
+        return tagged, "tag"
+    body = strip_reasoning(text or "")
+    m = _OPEN_TAG.search(body)
+    if m:
+        rest = body[m.end():].strip()
+        if rest:
+            return rest, "unclosed_tag"
+    m = _ANSWER_LINE.search(body)
+    if m:
+        rest = body[m.end():].strip()
+        if rest:
+            return rest, "answer_line"
+    lines = [ln.strip() for ln in body.splitlines() if ln.strip()]
+    if not lines:
+        return None, None
+    return "\n".join(lines[-last_lines:]), "last_lines"
 
 
 _LETTER = re.compile(r"^\s*[\(\[]?\s*(?:option\s+|answer\s*[:：]?\s*)?([A-Za-z])\s*(?:[\)\].:：,]|$|\s)", re.IGNORECASE)

@@ -1,17 +1,26 @@
-"""Prompt templates (``string.Template`` files under ``config/prompts/``).
+"""Prompt templates (``string.Template`` files; the shipped ones are package data under
+``r2i/data/prompts/``, see :mod:`r2i.resources`).
 
 ``$name`` placeholders are used instead of ``str.format`` because prompts contain literal braces
 (``\\boxed{}``, JSON examples). Every rendered prompt can be traced to its template by hash,
 recorded in each item's provenance.
+
+Interface used by the synthesis code: ``config["prompts"]`` maps a template name to a file path
+(after ``rules/common.smk`` every value is an existing file: the config's path, else the
+workflow's copy); :func:`load_templates` reads them. :func:`load_templates` also accepts ``None``
+for a value (or a missing mapping), meaning the shipped default of that name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+
+from r2i.resources import prompt_path, seed_questions_path
 
 
 @dataclass(frozen=True)
@@ -40,12 +49,29 @@ def load_template(path: str | Path, name: str | None = None) -> PromptTemplate:
     return PromptTemplate(name=name or p.stem, text=text)
 
 
-def load_templates(paths: dict[str, str]) -> dict[str, PromptTemplate]:
-    return {name: load_template(path, name) for name, path in paths.items()}
+def load_templates(paths: Mapping[str, str | Path | None] | None = None,
+                   names: Iterable[str] = ()) -> dict[str, PromptTemplate]:
+    """Templates by name from ``paths`` (name -> file; ``None``: the shipped default), plus the
+    shipped defaults of ``names`` not in ``paths``."""
+    out = {name: load_template(path if path is not None else _shipped(name), name)
+           for name, path in (paths or {}).items()}
+    for name in names:
+        out.setdefault(name, load_template(prompt_path(name), name))
+    return out
 
 
-def load_seed_questions(path: str | Path) -> list[str]:
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+def _shipped(name: str) -> Path:
+    return seed_questions_path() if name == "seed_questions" else prompt_path(name)
+
+
+def default_template(name: str) -> PromptTemplate:
+    """The shipped template ``name`` (package data), e.g. ``default_template("judge")``."""
+    return load_template(prompt_path(name), name)
+
+
+def load_seed_questions(path: str | Path | None = None) -> list[str]:
+    """Seed questions of ``path`` (None: the shipped list), blank and ``#`` lines skipped."""
+    lines = Path(path or seed_questions_path()).read_text(encoding="utf-8").splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 

@@ -1,12 +1,16 @@
 """GRPO reward for verl: the method's answer checks plus an LLM judge for undecided answers.
 
 Score of one response (spec "Training (GRPO)"): the student is prompted to think first and put
-its final answer in ``<answer> </answer>``; the content of the LAST ``<answer>...</answer>`` is
-checked by :func:`r2i.judge.rule_verdict` (empty -> 0, 300+ chars -> 0, normalized match -> 1,
+its final answer in ``<answer> </answer>``; the content of the FIRST complete
+``<answer>...</answer>`` outside reasoning blocks (:func:`r2i.parsing.extract_answer_tag`, the
+one rule shared with evaluation and with the paper's reference code) is checked by :func:`r2i.judge.rule_verdict` (empty -> 0, 300+ chars -> 0, normalized match -> 1,
 MCQ first option letter, math-style equivalence -> 1) and, if undecided, by the LLM judge.
 A response without a complete ``<answer>...</answer>`` block gets acc 0 (source
 ``"no_answer_tag"``): the whole response is NOT used as the answer, otherwise the policy could
-skip the format and still be paid. ``format`` is 1.0 when the response has exactly one opening
+skip the format and still be paid (evaluation, which also scores models never trained on the
+format, falls back to an ``Answer:`` line or the last lines instead: :func:`r2i.parsing.extract_answer`).
+This is stricter than the reference reward, which uses the whole response when the tags are
+missing (docs/training.md says why we keep it). ``format`` is 1.0 when the response has exactly one opening
 and one closing tag forming one block, else 0.0, and
 ``score = (1 - format_weight) * acc + format_weight * format`` with the method's
 ``format_weight = 0`` by default.
@@ -34,8 +38,10 @@ command line, or ``++`` where a config already defines them)::
     +reward.custom_reward_function.reward_kwargs.format_weight=0.0
 
 verl passes ``reward_kwargs`` as keyword arguments to every call (they win over its own kwargs).
-Other judge keys: ``judge_prompt_path`` (default ``config/prompts/judge.txt``),
-``judge_max_tokens`` (16), ``judge_failure_threshold`` (5) and ``judge_cooldown_s`` (30) of the
+Other judge keys: ``judge_prompt_path`` (default: the shipped ``r2i/data/prompts/judge.txt``,
+package data, so it is found in a wheel or an image that copies ``workflow/`` only),
+``judge_max_tokens`` (2048: room for a thinking judge's reasoning before its verdict),
+``judge_failure_threshold`` (5) and ``judge_cooldown_s`` (30) of the
 circuit breaker, ``judge_backoff_max_s`` (10). An unknown ``judge_*`` key is an error (a typo
 would otherwise silently disable the judge); keys verl adds itself (``reward_router_address``,
 ...) are ignored. Without ``judge_base_url``/``judge_model``, undecided answers score 0 with

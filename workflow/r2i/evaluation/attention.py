@@ -2,20 +2,34 @@
 
 With eager attention, take the attention of the **last prompt token** to the image tokens at one
 decoder layer (paper: layer 24), averaged over heads; map the ground-truth box onto the visual token
-grid; coverage = attention mass inside the box / total attention on the image tokens. Images are
-capped at 2048x1024 pixels (area, aspect kept) before the processor sees them.
+grid; coverage = attention mass inside the box / total attention on the image tokens.
+
+Conventions (the paper's public reference script, ``utils/eval_coverage.py``; see
+docs/attention.md for the comparison table):
+
+* **Layers are 1-based**, as the paper counts them: layer 24 is the 24th decoder layer, i.e.
+  ``outputs.attentions[23]``; ``-1`` is the last layer.
+* **Image size**: the image is resized the way the Qwen processor expects before it sees it:
+  sides rounded to multiples of ``patch * merge`` (28 for Qwen2.5-VL, 32 for Qwen3-VL) with the
+  area within the processor's ``min_pixels`` and ``max_pixels`` (default cap 2048 x 1024 pixels,
+  :func:`r2i.qwen_vision.smart_resize`). The processor then keeps that size, so the token grid
+  maps onto the image exactly.
+* **Box to grid** (``box_mapping``): ``"cells"`` (default, the reference's convention) counts every
+  token cell the box touches (edges floored/ceiled, at least 2 cells per axis) as fully inside;
+  ``"area"`` weights each cell by the fraction of its area inside the box. Both are computed for
+  every item. Under uniform attention ``area`` gives exactly the box's share of the image, while
+  ``cells`` gives the share of touched cells, which for small boxes is many times the area share
+  (so ``cells`` numbers are comparable with the paper's, ``area`` numbers are the cleaner measure).
 
 Works with Hugging Face Qwen2.5-VL and Qwen3-VL checkpoints (a base model or a merged R2I model
 directory). ``torch`` and ``transformers`` are imported lazily, so importing this module (and the
-pure helpers :func:`box_to_grid_mask` and :func:`heatmap_image`) needs neither.
+pure helpers :func:`box_to_grid_mask`, :func:`resolve_layer` and :func:`heatmap_image`) needs
+neither.
 
-Grid mapping: the processor resizes the (capped) image to ``(grid_h*patch, grid_w*patch)`` pixels
-(``image_grid_thw = (1, grid_h, grid_w)``) and merges ``merge x merge`` patches into one language-model
-token, so the image tokens form a ``(grid_h/merge, grid_w/merge)`` grid in raster order. The box, in
-original-image pixels, is scaled by resized/original per axis and each token cell gets the fraction
-of its area covered by the box (a soft mask in [0, 1]); coverage is ``sum(attn * mask) / sum(attn)``
-and ``box_share`` is ``mean(mask)`` (the share of the grid the box covers: the coverage of uniform
-attention).
+Grid: the processor turns the resized image into ``image_grid_thw = (1, grid_h, grid_w)`` patches
+and merges ``merge x merge`` patches into one language-model token, so the image tokens form a
+``(grid_h/merge, grid_w/merge)`` grid in raster order; coverage is ``sum(attn * mask) / sum(attn)``
+and ``box_share`` is ``mean(mask)`` (the coverage of uniform attention).
 """
 
 from __future__ import annotations
@@ -25,16 +39,18 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from r2i.images import decode_image, resize_to_max_pixels
+from r2i.images import decode_image
+from r2i.qwen_vision import smart_resize
 
 __all__ = [
+    "BOX_MAPPINGS",
     "DEFAULT_LAYER",
     "DEFAULT_MAX_PIXELS",
     "AttentionUnavailableError",
@@ -44,15 +60,20 @@ __all__ = [
     "heatmap_image",
     "image_only_processor",
     "load_model",
+    "model_input_size",
     "num_text_layers",
     "require_backend",
+    "resolve_layer",
     "run_attention",
 ]
 
 log = logging.getLogger(__name__)
 
+#: The paper's layer, 1-based (the 24th decoder layer: ``outputs.attentions[23]``).
 DEFAULT_LAYER = 24
 DEFAULT_MAX_PIXELS = 2048 * 1024
+#: Box-to-grid conventions: ``cells`` (the reference's, default) and ``area``.
+BOX_MAPPINGS = ("cells", "area")
 
 
 class _Stop(Exception):
@@ -62,18 +83,50 @@ class _Stop(Exception):
 # --------------------------------------------------------------------------- pure helpers
 
 
+def resolve_layer(layer: int, n_layers: int) -> int:
+    """The 1-based decoder layer used for ``layer`` on a model with ``n_layers`` layers.
+
+    ``layer >= 1`` counts like the paper (24 = the 24th layer, ``outputs.attentions[23]``) and is
+    clamped to the model's depth; ``layer <= -1`` counts from the end (-1 = the last layer).
+    """
+    layer = int(layer)
+    if layer == 0:
+        raise ValueError("attention layer is 1-based (the paper's 24 = the 24th decoder layer); "
+                         "0 is not a layer (use 1 for the first, -1 for the last)")
+    if n_layers < 1:
+        raise ValueError(f"model has {n_layers} decoder layers")
+    used = layer if layer > 0 else n_layers + layer + 1
+    return max(1, min(used, n_layers))
+
+
+def _cells(lo: float, hi: float, n: int) -> tuple[int, int]:
+    """Cells ``[a, b)`` a span ``[lo, hi]`` (grid units) touches, at least 2 when the grid has
+    them: ``floor(lo)`` to ``ceil(hi)``, grown to the right (left at the edge) when narrower."""
+    a = max(0, min(n - 1, math.floor(lo)))
+    b = max(a + 1, min(n, math.ceil(hi)))
+    if b - a < 2:
+        b = min(n, a + 2)
+        a = max(0, b - 2)
+    return a, b
+
+
 def box_to_grid_mask(
     box_xyxy: Sequence[float],
     orig_size: tuple[int, int],
     resized_size: tuple[int, int],
     grid_hw: tuple[int, int],
+    mapping: str = "cells",
 ) -> np.ndarray:
-    """Soft mask (grid_h, grid_w) of the token cells covered by ``box_xyxy``.
+    """Mask (grid_h, grid_w) of the token cells covered by ``box_xyxy``.
 
     ``box_xyxy`` is in original-image pixels, ``orig_size`` and ``resized_size`` are (width, height)
     of the original image and of the image the processor fed to the vision tower, ``grid_hw`` the
-    language-model token grid. Each cell's value is the fraction of its area inside the box.
+    language-model token grid. ``mapping="cells"``: 1 for every cell the box touches (edges
+    floored and ceiled, at least 2 cells per axis), else 0 (the paper's reference convention);
+    ``mapping="area"``: each cell's fraction of its area inside the box.
     """
+    if mapping not in BOX_MAPPINGS:
+        raise ValueError(f"box_mapping must be one of {BOX_MAPPINGS}, not {mapping!r}")
     ow, oh = orig_size
     rw, rh = resized_size
     gh, gw = grid_hw
@@ -87,6 +140,12 @@ def box_to_grid_mask(
     cw, ch = rw / gw, rh / gh  # pixels per token cell (patch * merge)
     gx0, gx1 = x0 * sx / cw, x1 * sx / cw
     gy0, gy1 = y0 * sy / ch, y1 * sy / ch
+    if mapping == "cells":
+        mask = np.zeros((gh, gw), dtype=np.float64)
+        ax, bx = _cells(gx0, gx1, gw)
+        ay, by = _cells(gy0, gy1, gh)
+        mask[ay:by, ax:bx] = 1.0
+        return mask
     cols = np.arange(gw, dtype=np.float64)
     rows = np.arange(gh, dtype=np.float64)
     fx = np.clip(np.minimum(cols + 1, gx1) - np.maximum(cols, gx0), 0.0, 1.0)
@@ -230,6 +289,36 @@ def _patch_and_merge(processor) -> tuple[int, int]:
     return int(patch), int(merge)
 
 
+def _processor_pixel_bounds(processor) -> tuple[int, int | None]:
+    """``(min_pixels, max_pixels)`` of the processor's image processor (max None if unknown)."""
+    ip = processor.image_processor
+    size = getattr(ip, "size", None)
+
+    def field(name: str) -> Any:
+        if isinstance(size, Mapping):
+            return size.get(name)
+        return getattr(size, name, None)
+
+    # transformers 5 keeps them in ``size`` (shortest_edge/longest_edge are pixel counts here)
+    lo = getattr(ip, "min_pixels", None) or field("min_pixels") or field("shortest_edge")
+    hi = getattr(ip, "max_pixels", None) or field("max_pixels") or field("longest_edge")
+    return int(lo or 56 * 56), (int(hi) if hi else None)
+
+
+def model_input_size(image_size: tuple[int, int], processor, max_pixels: int | None
+                     ) -> tuple[int, int]:
+    """(width, height) to resize an image to before the processor: sides multiples of
+    ``patch * merge``, area within the processor's ``min_pixels`` and ``min(max_pixels, the
+    processor's max_pixels)`` (:func:`r2i.qwen_vision.smart_resize`), so the processor keeps it."""
+    patch, merge = _patch_and_merge(processor)
+    lo, hi = _processor_pixel_bounds(processor)
+    caps = [v for v in (max_pixels, hi) if v]
+    cap = min(caps) if caps else 16384 * (patch * merge) ** 2
+    w, h = image_size
+    rh, rw = smart_resize(h, w, factor=patch * merge, min_pixels=min(lo, cap), max_pixels=cap)
+    return rw, rh
+
+
 def _prompt(processor, question: str) -> str:
     messages = [{"role": "user", "content": [{"type": "image"},
                                              {"type": "text", "text": question}]}]
@@ -244,27 +333,40 @@ def coverage_for_item(
     box_xyxy: Sequence[float],
     layer: int = DEFAULT_LAYER,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    box_mapping: str = "cells",
 ) -> dict[str, Any]:
     """Attention coverage of ``box_xyxy`` (original-image pixels) for one image and question.
 
-    Returns ``coverage``, ``box_share``, ``layer`` (the one used: ``min(layer, n_layers-1)``),
+    ``layer`` is 1-based like the paper's (24 = ``outputs.attentions[23]``; negative counts from
+    the end; clamped to the model's depth). Both box mappings are computed; ``coverage``,
+    ``box_share`` and ``mask`` are those of ``box_mapping``.
+
+    Returns ``coverage``, ``box_share``, ``box_mapping``, ``coverage_cells``/``coverage_area``,
+    ``box_share_cells``/``box_share_area`` (the coverage of uniform attention under each mapping),
+    ``layer`` (1-based, used), ``layer_index`` (0-based index into ``outputs.attentions``),
     ``layer_requested``, ``n_layers``, ``grid`` (numpy (h, w) attention over the image tokens,
-    normalised to sum 1), ``mask`` (the soft box mask on that grid), ``image_attention_share``
-    (the last token's attention on all image tokens, out of 1), ``n_image_tokens``,
-    ``orig_size``/``capped_size``/``resized_size`` (width, height) and ``grid_thw``.
+    normalised to sum 1), ``mask``, ``image_attention_share`` (the last token's attention on all
+    image tokens, out of 1), ``n_image_tokens``, ``orig_size``/``input_size``/``resized_size``
+    (width, height: the original, what the processor got, what the vision tower saw) and
+    ``grid_thw``.
     """
     import torch
 
+    if box_mapping not in BOX_MAPPINGS:
+        raise ValueError(f"box_mapping must be one of {BOX_MAPPINGS}, not {box_mapping!r}")
     orig = image.convert("RGB")
-    capped = resize_to_max_pixels(orig, max_pixels) if max_pixels else orig
+    size = model_input_size(orig.size, processor, max_pixels)
+    resized_in = (orig if size == orig.size else
+                  orig.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0))
     text = _prompt(processor, question)
-    inputs = processor(text=[text], images=[capped], return_tensors="pt")
+    inputs = processor(text=[text], images=[resized_in], return_tensors="pt")
     device = next(model.parameters()).device
     inputs = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in inputs.items()}
 
     layers = _decoder_layers(model)
     n_layers = len(layers)
-    use = max(0, min(int(layer), n_layers - 1)) if layer >= 0 else max(0, n_layers + int(layer))
+    used = resolve_layer(layer, n_layers)
+    index = used - 1
 
     captured: dict[str, Any] = {}
 
@@ -276,7 +378,7 @@ def coverage_for_item(
         captured["row"] = weights[0, :, -1, :].float().mean(0).detach().cpu()
         raise _Stop
 
-    handle = layers[use].self_attn.register_forward_hook(hook)
+    handle = layers[index].self_attn.register_forward_hook(hook)
     out = None
     try:
         with torch.inference_mode():
@@ -289,7 +391,7 @@ def coverage_for_item(
         atts = getattr(out, "attentions", None)
         if not atts:
             raise RuntimeError("the model returned no attention weights (is attn_implementation eager?)")
-        captured["row"] = atts[use][0, :, -1, :].float().mean(0).detach().cpu()
+        captured["row"] = atts[index][0, :, -1, :].float().mean(0).detach().cpu()
     row = captured["row"].numpy().astype(np.float64)
 
     ids = inputs["input_ids"][0].detach().cpu().numpy()
@@ -304,19 +406,25 @@ def coverage_for_item(
     grid = img_att.reshape(thw[0], gh, gw).sum(0)
     grid = grid / total if total > 0 else np.full_like(grid, 1.0 / grid.size)
     resized = (thw[2] * patch, thw[1] * patch)
-    mask = box_to_grid_mask(box_xyxy, orig.size, resized, (gh, gw))
+    masks = {m: box_to_grid_mask(box_xyxy, orig.size, resized, (gh, gw), m) for m in BOX_MAPPINGS}
+    cov = {m: float((grid * mk).sum()) for m, mk in masks.items()}
+    share = {m: float(mk.mean()) for m, mk in masks.items()}
     return {
-        "coverage": float((grid * mask).sum()),
-        "box_share": float(mask.mean()),
-        "layer": use,
+        "coverage": cov[box_mapping],
+        "box_share": share[box_mapping],
+        "box_mapping": box_mapping,
+        **{f"coverage_{m}": cov[m] for m in BOX_MAPPINGS},
+        **{f"box_share_{m}": share[m] for m in BOX_MAPPINGS},
+        "layer": used,
+        "layer_index": index,
         "layer_requested": int(layer),
         "n_layers": n_layers,
         "grid": grid,
-        "mask": mask,
+        "mask": masks[box_mapping],
         "image_attention_share": total / float(row.sum()) if row.sum() > 0 else 0.0,
         "n_image_tokens": len(pos),
         "orig_size": list(orig.size),
-        "capped_size": list(capped.size),
+        "input_size": list(size),
         "resized_size": list(resized),
         "grid_thw": thw,
     }
@@ -345,6 +453,36 @@ def _get(item: Any, name: str, default: Any = None) -> Any:
     return getattr(item, name, default)
 
 
+def _means(rows: Sequence[Mapping[str, Any]], mapping: str | None = None) -> dict[str, Any]:
+    """``{n, mean_coverage, mean_box_share}`` of ``rows`` (one mapping's columns, or the
+    configured ``coverage``/``box_share`` when ``mapping`` is None)."""
+    cov = "coverage" if mapping is None else f"coverage_{mapping}"
+    share = "box_share" if mapping is None else f"box_share_{mapping}"
+
+    def mean(vals: list[float]) -> float:
+        return float(np.mean(vals)) if vals else math.nan
+
+    return {"n": len(rows), "mean_coverage": mean([r[cov] for r in rows]),
+            "mean_box_share": mean([r[share] for r in rows])}
+
+
+def summarize_rows(rows: Sequence[Mapping[str, Any]], box_mapping: str) -> dict[str, Any]:
+    """Means overall and per dimension, for the configured mapping (top level) and for both
+    (``mappings``): what ``summary.json`` and the report show."""
+    by_dim: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_dim[str(r.get("dimension") or "")].append(r)
+    return {
+        **_means(rows),
+        "box_mapping": box_mapping,
+        "mappings": {m: _means(rows, m) for m in BOX_MAPPINGS},
+        "per_dimension": {
+            d: {**_means(rs), "mappings": {m: _means(rs, m) for m in BOX_MAPPINGS}}
+            for d, rs in sorted(by_dim.items())
+        },
+    }
+
+
 def coverage_for_benchmark(
     model_dir: str | Path | tuple[Any, Any],
     items: Iterable[Any],
@@ -354,16 +492,19 @@ def coverage_for_benchmark(
     heatmap_dir: str | Path | None = None,
     heatmap_limit: int | None = None,
     device: str | None = None,
+    box_mapping: str = "cells",
 ) -> dict[str, Any]:
     """Coverage for every item with a bbox; per-item rows go to ``out_jsonl`` (one JSON a line).
 
     ``items`` are :class:`r2i.evaluation.benchmarks.EvalItem`-like (``id``, ``images`` as encoded
     bytes, ``query``, ``bbox``, ``dimension``); items without a bbox or image are skipped and
-    counted. ``model_dir`` may also be an already loaded ``(model, processor)`` pair. Heat maps are
-    written to ``heatmap_dir`` as ``<id>.png`` when given: for every item, or for at most
-    ``heatmap_limit`` items taken one dimension at a time (so a few maps show every dimension). Returns the summary: ``n``, ``skipped``,
-    ``mean_coverage``, ``mean_box_share``, ``per_dimension`` ({dim: {n, mean_coverage,
-    mean_box_share}}), ``layer`` (used) and ``n_layers``.
+    counted. ``model_dir`` may also be an already loaded ``(model, processor)`` pair. ``layer`` is
+    1-based (see :func:`resolve_layer`). Heat maps are written to ``heatmap_dir`` as ``<id>.png``
+    when given: for every item, or for at most ``heatmap_limit`` items taken one dimension at a
+    time (so a few maps show every dimension). Returns the summary: ``n``, ``skipped``,
+    ``mean_coverage``, ``mean_box_share`` (of ``box_mapping``), ``box_mapping``, ``mappings``
+    (``{cells|area: {n, mean_coverage, mean_box_share}}``), ``per_dimension`` (the same per
+    dimension), ``layer`` (1-based, used), ``layer_index`` (0-based) and ``n_layers``.
     """
     if isinstance(model_dir, tuple):
         model, processor = model_dir
@@ -379,7 +520,8 @@ def coverage_for_benchmark(
         fh = open(out_jsonl, "w", encoding="utf-8")  # noqa: SIM115
     if heatmap_dir is not None:
         Path(heatmap_dir).mkdir(parents=True, exist_ok=True)
-    used_layer, n_layers = None, num_text_layers(model)
+    n_layers = num_text_layers(model)
+    used_layer = resolve_layer(layer, n_layers)
     try:
         for idx, item in enumerate(items):
             images = _get(item, "images") or []
@@ -392,8 +534,7 @@ def coverage_for_benchmark(
             pil = img if isinstance(img, Image.Image) else decode_image(bytes(img), name=item_id)
             t0 = time.perf_counter()
             res = coverage_for_item(model, processor, pil, str(_get(item, "query", "")), bbox,
-                                    layer=layer, max_pixels=max_pixels)
-            used_layer = res["layer"]
+                                    layer=layer, max_pixels=max_pixels, box_mapping=box_mapping)
             row = {
                 "id": item_id,
                 "dimension": str(_get(item, "dimension", "") or ""),
@@ -414,26 +555,8 @@ def coverage_for_benchmark(
     finally:
         if fh is not None:
             fh.close()
-
-    def _mean(vals: list[float]) -> float:
-        return float(np.mean(vals)) if vals else math.nan
-
-    by_dim: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        by_dim[r["dimension"]].append(r)
-    return {
-        "n": len(rows),
-        "skipped": skipped,
-        "layer": used_layer if used_layer is not None else min(layer, n_layers - 1),
-        "n_layers": n_layers,
-        "mean_coverage": _mean([r["coverage"] for r in rows]),
-        "mean_box_share": _mean([r["box_share"] for r in rows]),
-        "per_dimension": {
-            d: {"n": len(rs), "mean_coverage": _mean([r["coverage"] for r in rs]),
-                "mean_box_share": _mean([r["box_share"] for r in rs])}
-            for d, rs in sorted(by_dim.items())
-        },
-    }
+    return {"skipped": skipped, "layer": used_layer, "layer_index": used_layer - 1,
+            "n_layers": n_layers, **summarize_rows(rows, box_mapping)}
 
 
 class AttentionUnavailableError(RuntimeError):
@@ -459,7 +582,7 @@ def run_attention(model_dir: str | Path, benchmark: str, benchmark_spec: dict[st
                   rows_out: str | Path, summary_out: str | Path, heatmap_dir: str | Path,
                   model_name: str = "", layer: int = DEFAULT_LAYER,
                   max_pixels: int = DEFAULT_MAX_PIXELS, heatmaps: int = 6,
-                  device: str | None = None) -> dict[str, Any]:
+                  device: str | None = None, box_mapping: str = "cells") -> dict[str, Any]:
     """The ``attention`` rule: coverage of one model directory on one benchmark.
 
     Writes per-item rows (JSONL), the summary (JSON: the :func:`coverage_for_benchmark` summary
@@ -478,7 +601,8 @@ def run_attention(model_dir: str | Path, benchmark: str, benchmark_spec: dict[st
     tmp_rows = Path(f"{rows_out}.partial")
     summary = coverage_for_benchmark(model_dir, items, layer=layer, out_jsonl=tmp_rows,
                                      max_pixels=max_pixels, heatmap_dir=heatmap_dir,
-                                     heatmap_limit=heatmaps, device=device)
+                                     heatmap_limit=heatmaps, device=device,
+                                     box_mapping=box_mapping)
     if summary["n"] == 0:
         raise ValueError(f"attention: benchmark '{benchmark}' has no item with a bbox and an "
                          f"image ({summary['skipped']} items skipped); coverage needs the box")
@@ -489,7 +613,10 @@ def run_attention(model_dir: str | Path, benchmark: str, benchmark_spec: dict[st
                "layer_requested": layer, "max_pixels": max_pixels,
                "seconds": round(time.perf_counter() - t0, 2), **summary}
     write_json(summary_out, summary)
-    log.info("attention %s on %s: %d items, mean coverage %.4f vs box share %.4f (layer %s of %s)",
-             summary["model"], benchmark, summary["n"], summary["mean_coverage"],
-             summary["mean_box_share"], summary["layer"], summary["n_layers"])
+    mp = summary["mappings"]
+    log.info("attention %s on %s: %d items, layer %s of %s (1-based); mean coverage: cells %.4f "
+             "(uniform %.4f), area %.4f (uniform %.4f)", summary["model"], benchmark,
+             summary["n"], summary["layer"], summary["n_layers"], mp["cells"]["mean_coverage"],
+             mp["cells"]["mean_box_share"], mp["area"]["mean_coverage"],
+             mp["area"]["mean_box_share"])
     return summary

@@ -5,10 +5,13 @@ the method's sampling (:class:`Sampling`) and a system prompt that asks for reas
 ``<answer>`` tags. Requests go through :class:`r2i.client.ModelClient`, so a rerun answers every
 finished request from the persistent call cache (resumable) and only sends what is missing.
 
-Judging (:func:`judge_records`): the ``<answer>`` content is checked by the rules of
-:func:`r2i.judge.rule_verdict` (exact, MCQ letter, math) and, only when they cannot decide, by the
-optional LLM judge (:class:`r2i.judge.LLMJudge`, which falls back to the rules when the judge
-endpoint is down). A response without ``<answer>`` tags is wrong (source ``no_answer_tag``).
+Judging (:func:`judge_records`): the answer is extracted as the paper's reference evaluation does
+(:func:`r2i.parsing.extract_answer`: the first ``<answer>`` block, else an unclosed ``<answer>``,
+an ``Answer:`` line, or the last lines; recorded as ``answer_source``), then checked by the rules
+of :func:`r2i.judge.rule_verdict` (exact, MCQ letter, math) and, only when they cannot decide, by
+the optional LLM judge (:class:`r2i.judge.LLMJudge`, which falls back to the rules when the judge
+endpoint is down). Evaluation falls back because it also scores models never trained on the tag
+format (base models, peers); the GRPO reward does not (:mod:`r2i.reward`).
 """
 
 from __future__ import annotations
@@ -26,13 +29,16 @@ from PIL import Image
 from r2i.client import ModelCallError, ModelClient, user_message
 from r2i.images import decode_image, encode_png, resize_to_max_pixels
 from r2i.judge import LLMJudge, judge_question, judge_reference, rule_verdict
-from r2i.parsing import extract_answer_tag
+from r2i.parsing import extract_answer
 from r2i.synthesis.runtime import Progress
 
 from .benchmarks import EvalItem
 
 __all__ = ["Sampling", "build_messages", "fit_image", "gather_limited", "infer_item", "judge_records",
            "run_inference"]
+
+#: How the answer was found (r2i.parsing.extract_answer); all but "tag" are fallbacks.
+FALLBACK_SOURCES = ("unclosed_tag", "answer_line", "last_lines")
 
 log = logging.getLogger("r2i.evaluation")
 
@@ -94,21 +100,30 @@ def _base_record(item: EvalItem, view: str, model: str) -> dict[str, Any]:
 
 async def infer_item(client: ModelClient, model: str, item: EvalItem, view: str,
                      system_prompt: str, sampling: Sampling,
-                     max_pixels: int | None = None) -> dict[str, Any]:
-    """One item, one view: the response, its latency and tokens (or the error)."""
+                     max_pixels: int | None = None,
+                     extra_fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One item, one view: the response, its latency and tokens (or the error).
+
+    ``latency_s`` is the request's (as recorded in the cache for a cached call); ``item_s`` the
+    wall time of the whole item here (message building included), ``call_wall_s`` the part spent
+    waiting for the call. ``extra_fields`` are further body fields (the latency probe's tag)."""
     rec = _base_record(item, view, model)
+    t_item = time.perf_counter()
     msgs = await asyncio.to_thread(build_messages, system_prompt, item, view, max_pixels)
     t0 = time.perf_counter()
     try:
         res = await client.chat(model, msgs, n=1,
                                 seed=sampling.seed, temperature=sampling.temperature,
                                 top_p=sampling.top_p, max_tokens=sampling.max_tokens,
-                                extra=sampling.extra())
+                                extra={**sampling.extra(), **(extra_fields or {})})
     except ModelCallError as exc:
-        rec.update(response=None, error=str(exc), latency_s=time.perf_counter() - t0,
-                   prompt_tokens=0, completion_tokens=0, cached=False)
+        now = time.perf_counter()
+        rec.update(response=None, error=str(exc), latency_s=now - t0, item_s=now - t_item,
+                   call_wall_s=now - t0, prompt_tokens=0, completion_tokens=0, cached=False)
         return rec
+    now = time.perf_counter()
     rec.update(response=res.texts[0], error=None, latency_s=res.latency_s,
+               item_s=now - t_item, call_wall_s=now - t0,
                prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
                cached=res.cached)
     return rec
@@ -145,14 +160,16 @@ async def run_inference(client: ModelClient, model: str, items: Sequence[EvalIte
 
 
 async def _judge_one(rec: dict[str, Any], item: EvalItem, judge: LLMJudge | None) -> None:
+    if rec.get("skipped"):
+        return
     response = rec.get("response")
-    answer = extract_answer_tag(response) if isinstance(response, str) else None
-    rec["answer"] = answer
+    answer, source = extract_answer(response) if isinstance(response, str) else (None, None)
+    rec.update(answer=answer, answer_source=source)
     if rec.get("error"):
         rec.update(correct=False, verdict_source="model_error")
         return
     if answer is None:
-        rec.update(correct=False, verdict_source="no_answer_tag")
+        rec.update(correct=False, verdict_source="no_answer")
         return
     if judge is None:
         value, source = rule_verdict(answer, item.reference, max_chars=None)

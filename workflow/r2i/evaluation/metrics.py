@@ -2,7 +2,10 @@
 intervals, latency statistics, and the metrics document of one model x benchmark.
 
 Inputs are the per-item records of :mod:`r2i.evaluation.infer` (dicts with at least ``id``,
-``dimension``, ``correct``, ``latency_s``; tool records add ``tool_calls``).
+``dimension``, ``correct``, ``latency_s``; tool records add ``tool_calls``; a record with
+``skipped`` set, e.g. a crop-view item without a crop image, has no verdict and is only counted)
+and each view's run facts (:func:`r2i.evaluation.evaluate_view`: wall-clock throughput at the
+stated concurrency, per-item latency at concurrency 1).
 """
 
 from __future__ import annotations
@@ -99,18 +102,42 @@ def latency_stats(values: Sequence[float]) -> dict[str, float | None]:
             "std": float(v.std())}
 
 
-def _view_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+#: answer sources that are fallbacks (r2i.parsing.extract_answer): not a complete <answer> tag
+FALLBACK_ANSWER_SOURCES = ("unclosed_tag", "answer_line", "last_lines")
+#: verdict sources that come from an LLM judge call (or its documented fallback)
+JUDGE_SOURCES = ("judge", "judge_unparsed", "judge_unavailable")
+
+
+def _view_summary(all_records: Sequence[Mapping[str, Any]],
+                  run: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    records = [r for r in all_records if not r.get("skipped")]
+    skipped = _counts(str(r["skipped"]) for r in all_records if r.get("skipped"))
     lat = [float(r.get("latency_s", 0.0)) for r in records]
-    total_lat = sum(lat)
+    run = dict(run or {})
+    fallback = [r for r in records if r.get("answer_source") in FALLBACK_ANSWER_SOURCES]
+    sources = _counts(str(r.get("verdict_source", "")) for r in records)
     out: dict[str, Any] = {
         "accuracy": accuracy_table(records),
+        "skipped": {"total": sum(skipped.values()), "by_reason": skipped},
+        # per-request latency as recorded (at the run's concurrency; cached calls: as first sent)
         "latency_s": latency_stats(lat),
-        "samples_per_s": (len(records) / total_lat) if total_lat > 0 else None,
+        # wall-clock items/s of the whole view at the stated concurrency (None if not measured)
+        "throughput": {k: run.get(k) for k in ("items", "concurrency", "wall_s", "items_per_s",
+                                               "cached_items", "note")} if run else None,
+        # per-item latency with one item in flight: the paper's speed axis (samples/s = 1/mean)
+        "latency_c1": run.get("latency_c1"),
         "tokens": {
             "prompt": int(sum(int(r.get("prompt_tokens", 0)) for r in records)),
             "completion": int(sum(int(r.get("completion_tokens", 0)) for r in records)),
         },
-        "verdict_sources": _counts(str(r.get("verdict_source", "")) for r in records),
+        "verdict_sources": sources,
+        "answer_sources": _counts(str(r.get("answer_source")) for r in records
+                                  if r.get("answer_source")),
+        "fallback_verdicts": {"n": len(fallback),
+                              "correct": sum(1 for r in fallback if r.get("correct"))},
+        "judge": {"calls": sum(sources.get(k, 0) for k in JUDGE_SOURCES),
+                  "unparsed": sources.get("judge_unparsed", 0),
+                  "unavailable": sources.get("judge_unavailable", 0)},
         "model_errors": sum(1 for r in records if r.get("error")),
     }
     if any("tool_calls" in r for r in records):
@@ -131,7 +158,8 @@ def _counts(values: Any) -> dict[str, int]:
 
 def build_metrics(views: Mapping[str, Sequence[Mapping[str, Any]]], *, model: str,
                   benchmark: str, n_boot: int = 10_000, seed: int = 0, alpha: float = 0.05,
-                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  extra: Mapping[str, Any] | None = None,
+                  runs: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The metrics document of one model x benchmark from the per-item records of each view.
 
     Always: per-view accuracy (per dimension and overall), latency and token statistics. With
@@ -139,11 +167,15 @@ def build_metrics(views: Mapping[str, Sequence[Mapping[str, Any]]], *, model: st
     ``full`` and ``tool``: the tool baseline's gain over single-pass full-view and the share of
     the zooming gap it closes, plus the latency ratio (tool / full).
     """
+    runs = runs or {}
     doc: dict[str, Any] = {"model": model, "benchmark": benchmark,
-                           "views": {v: _view_summary(r) for v, r in views.items()},
+                           "views": {v: _view_summary(r, runs.get(v)) for v, r in views.items()},
                            "bootstrap": {"n_boot": n_boot, "seed": seed, "alpha": alpha,
                                          "method": "paired percentile bootstrap over items"}}
-    full, crop, tool = views.get("full"), views.get("crop"), views.get("tool")
+    def judged(records: Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any]] | None:
+        return None if records is None else [r for r in records if not r.get("skipped")]
+
+    full, crop, tool = judged(views.get("full")), judged(views.get("crop")), judged(views.get("tool"))
     if full is not None and crop is not None:
         doc["zooming_gap"] = zooming_gap(full, crop, n_boot=n_boot, seed=seed, alpha=alpha)
     if full is not None and tool is not None:
@@ -151,12 +183,19 @@ def build_metrics(views: Mapping[str, Sequence[Mapping[str, Any]]], *, model: st
         gain = paired_bootstrap_diff([float(f["correct"]) for f, _ in pairs],
                                      [float(t["correct"]) for _, t in pairs],
                                      n_boot=n_boot, seed=seed, alpha=alpha)
-        lat_full = latency_stats([float(f.get("latency_s", 0.0)) for f, _ in pairs])["mean"]
-        lat_tool = latency_stats([float(t.get("latency_s", 0.0)) for _, t in pairs])["mean"]
+        c1_full = (runs.get("full") or {}).get("latency_c1") or {}
+        c1_tool = (runs.get("tool") or {}).get("latency_c1") or {}
+        if c1_full.get("mean") and c1_tool.get("mean"):  # concurrency 1: the paper's speed axis
+            lat_full, lat_tool, basis = c1_full["mean"], c1_tool["mean"], "latency at concurrency 1"
+        else:
+            lat_full = latency_stats([float(f.get("latency_s", 0.0)) for f, _ in pairs])["mean"]
+            lat_tool = latency_stats([float(t.get("latency_s", 0.0)) for _, t in pairs])["mean"]
+            basis = "recorded request latency at the run's concurrency"
         cmp: dict[str, Any] = {"tool_minus_full": gain,
                                "latency_ratio_tool_over_full":
                                    (lat_tool / lat_full) if lat_full and lat_tool is not None
-                                   else None}
+                                   else None,
+                               "latency_ratio_basis": basis}
         gap = doc.get("zooming_gap", {}).get(OVERALL, {}).get("diff")
         cmp["gap_closed_fraction"] = (gain["diff"] / gap) if gap and gain["diff"] is not None \
             else None

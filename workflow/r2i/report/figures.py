@@ -1,5 +1,6 @@
 """Report figures (SVG, matplotlib): the synthesis funnel, accuracy per dimension with the zooming
-gap, accuracy against throughput, attention coverage and cost per stage.
+gap, accuracy against speed (wall-clock throughput and latency at concurrency 1), attention
+coverage in both box mappings and cost per stage.
 
 Each function reads the JSON files the pipeline wrote (never the model servers), draws one figure
 and writes it atomically, so a report can be rebuilt from finished results alone. The Agg backend
@@ -175,41 +176,69 @@ def accuracy_figure(metrics_paths: Sequence[str | Path], out: str | Path) -> int
 
 
 def throughput_figure(metrics_paths: Sequence[str | Path], out: str | Path) -> list[dict[str, Any]]:
-    """Overall accuracy against samples/s (items per second of model time, per request stream)
-    for every model x benchmark x view: single-pass views against the zoom-tool agent."""
+    """Overall accuracy against speed for every model x benchmark x view (single-pass views
+    against the zoom-tool agent), on two measures of items/s:
+
+    * filled markers: wall-clock items/s of the whole view at the concurrency it ran at (stated
+      in the label): a throughput;
+    * hollow markers: 1 / mean per-item latency with one item in flight (the sequential latency
+      probe): the paper's speed axis.
+
+    A model's two points for a view are joined by a line. Views without a measurement (e.g. all
+    calls answered from the cache) have no point of that kind."""
     docs = _load_metrics(metrics_paths)
     points: list[dict[str, Any]] = []
     for doc in docs:
         for v, vd in doc["views"].items():
-            sps = vd.get("samples_per_s")
             acc = vd["accuracy"].get("overall", {}).get("accuracy")
-            if sps is None or acc is None:
+            if acc is None:
                 continue
-            points.append({"model": doc["model"], "benchmark": doc["benchmark"], "view": v,
-                           "samples_per_s": float(sps), "accuracy": float(acc)})
+            thr = vd.get("throughput") or {}
+            c1 = vd.get("latency_c1") or {}
+            p = {"model": doc["model"], "benchmark": doc["benchmark"], "view": v,
+                 "accuracy": float(acc), "items_per_s": thr.get("items_per_s"),
+                 "concurrency": thr.get("concurrency"), "samples_per_s_c1": c1.get("samples_per_s"),
+                 "latency_c1_s": c1.get("mean")}
+            if p["items_per_s"] is not None or p["samples_per_s_c1"] is not None:
+                points.append(p)
     if not points:
-        _empty(out, "Accuracy vs throughput", "no evaluation results")
+        _empty(out, "Accuracy vs speed", "no evaluation results with a speed measurement")
         return points
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(8, 5))
     for p in points:
-        ax.scatter(p["samples_per_s"], 100 * p["accuracy"], s=70,
-                   color=VIEW_COLORS.get(p["view"], "#333333"),
-                   marker="s" if p["view"] == "tool" else "o")
-        ax.annotate(f"{p['model']}\n{VIEW_LABELS.get(p['view'], p['view'])}",
-                    (p["samples_per_s"], 100 * p["accuracy"]), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
+        color = VIEW_COLORS.get(p["view"], "#333333")
+        marker = "s" if p["view"] == "tool" else "o"
+        y = 100 * p["accuracy"]
+        xs = [x for x in (p["items_per_s"], p["samples_per_s_c1"]) if x]
+        if len(xs) == 2:
+            ax.plot(xs, [y, y], color=color, lw=1, alpha=0.6)
+        if p["items_per_s"]:
+            ax.scatter(p["items_per_s"], y, s=70, color=color, marker=marker)
+        if p["samples_per_s_c1"]:
+            ax.scatter(p["samples_per_s_c1"], y, s=70, facecolors="white", edgecolors=color,
+                       linewidths=1.6, marker=marker)
+        where = max(xs)
+        conc = f", {p['concurrency']} in flight" if p["items_per_s"] and p["concurrency"] else ""
+        ax.annotate(f"{p['model']}\n{VIEW_LABELS.get(p['view'], p['view'])}{conc}",
+                    (where, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xscale("log")
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("samples/s per request stream (items / summed model latency, log scale)")
+    ax.set_xlabel("items/s (log scale)")
     ax.set_ylabel("overall accuracy (%)")
     ax.set_ylim(0, 112)
     ax.set_yticks(range(0, 101, 20))
-    ax.set_title("Accuracy vs throughput: single pass (circles) and zoom-tool agent (squares)")
+    ax.set_title("Accuracy vs speed: single pass (circles) and zoom-tool agent (squares)")
+    ax.legend(handles=[
+        Line2D([], [], marker="o", ls="", color="#555555", label="wall-clock items/s at the run's concurrency"),
+        Line2D([], [], marker="o", ls="", markerfacecolor="white", color="#555555",
+               label="1 / latency per item at concurrency 1 (the paper's axis)"),
+    ], fontsize=8, frameon=False, loc="lower right")
     ax.margins(x=0.3)
     _save(fig, out)
     return points
@@ -220,41 +249,59 @@ def throughput_figure(metrics_paths: Sequence[str | Path], out: str | Path) -> l
 
 def attention_figure(summary_paths: Sequence[str | Path], rows_paths: Sequence[str | Path],
                      out: str | Path) -> int:
-    """Per model x benchmark: the distribution of per-item coverage against the box's share of
-    the visual tokens (the coverage of uniform attention), and the means per dimension."""
+    """Per model x benchmark, in both box mappings: the per-item coverage against the coverage
+    uniform attention would give (the mapping's box share), and the means per dimension.
+
+    ``cells`` (the paper's reference convention: every token cell the box touches) and ``area``
+    (cells weighted by covered area) are drawn side by side; under uniform attention ``area``
+    equals the box's area share while ``cells`` is the share of touched cells (higher for small
+    boxes), so each is compared with its own uniform baseline."""
     pairs = list(zip(summary_paths, rows_paths, strict=True))
     if not pairs:
         _empty(out, "Attention coverage", "no models configured (evaluation.attention.models)")
         return 0
     plt = _plt()
-    fig, axes = plt.subplots(len(pairs), 2, figsize=(12, 3.8 * len(pairs)), squeeze=False)
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(12.5, 4.0 * len(pairs)), squeeze=False)
+    colors = {"cells": "#1f77b4", "area": "#ff7f0e"}
     for row, (sp, rp) in zip(axes, pairs, strict=True):
         summary, rows = read_json(sp), read_jsonl(rp)
         tag = " (tiny random test double)" if summary.get("tiny_random_model") else ""
+        mappings = summary.get("mappings") or {}
         ax = row[0]
-        cov = [r["coverage"] for r in rows]
-        share = [r["box_share"] for r in rows]
-        top = max([*cov, *share, 1e-6])
-        ax.scatter(share, cov, s=18, color="#1f77b4", alpha=0.8)
-        ax.plot([0, top], [0, top], color="#888888", lw=0.8, ls="--", label="coverage = box share")
-        ax.set_xlabel("box share of the visual tokens")
+        top = 1e-6
+        for m in ("cells", "area"):
+            if not rows or f"coverage_{m}" not in rows[0]:
+                continue
+            cov = [r[f"coverage_{m}"] for r in rows]
+            share = [r[f"box_share_{m}"] for r in rows]
+            top = max([top, *cov, *share])
+            mean = mappings.get(m, {})
+            ax.scatter(share, cov, s=16, color=colors[m], alpha=0.8,
+                       label=f"{m}: mean {mean.get('mean_coverage', float('nan')):.4f} vs uniform "
+                             f"{mean.get('mean_box_share', float('nan')):.4f}")
+        ax.plot([0, top], [0, top], color="#888888", lw=0.8, ls="--", label="coverage = uniform")
+        ax.set_xlabel("coverage of uniform attention (box share under the mapping)")
         ax.set_ylabel("attention coverage")
         ax.set_title(f"{summary['model']}{tag} on {summary['benchmark']}: per item "
-                     f"(layer {summary['layer']} of {summary['n_layers']})", fontsize=9)
-        ax.legend(fontsize=8, frameon=False)
+                     f"(decoder layer {summary['layer']} of {summary['n_layers']}, 1-based)",
+                     fontsize=9)
+        ax.legend(fontsize=7.5, frameon=False)
         ax2 = row[1]
         per = summary.get("per_dimension") or {}
         dims = sorted(per)
-        xs = range(len(dims))
-        ax2.bar([x - 0.2 for x in xs], [per[d]["mean_coverage"] for d in dims], width=0.4,
-                color="#1f77b4", label="mean coverage")
-        ax2.bar([x + 0.2 for x in xs], [per[d]["mean_box_share"] for d in dims], width=0.4,
-                color="#bbbbbb", label="mean box share")
-        ax2.set_xticks(list(xs), [d.replace("_", "\n") for d in dims], fontsize=8)
-        ax2.set_title(f"per dimension (n = {summary['n']}; mean coverage "
-                      f"{summary['mean_coverage']:.4f} vs box share "
-                      f"{summary['mean_box_share']:.4f})", fontsize=9)
-        ax2.legend(fontsize=8, frameon=False)
+        xs = list(range(len(dims)))
+        bars = [("cells", "mean_coverage", colors["cells"], None, "coverage (cells)"),
+                ("cells", "mean_box_share", "#aec7e8", None, "uniform (cells)"),
+                ("area", "mean_coverage", colors["area"], None, "coverage (area)"),
+                ("area", "mean_box_share", "#ffbb78", None, "uniform (area)")]
+        for k, (m, key, color, _, label) in enumerate(bars):
+            vals = [((per[d].get("mappings") or {}).get(m) or {}).get(key, float("nan")) for d in dims]
+            ax2.bar([x - 0.3 + 0.2 * k for x in xs], vals, width=0.2, color=color, label=label)
+        ax2.set_xticks(xs, [d.replace("_", "\n") for d in dims], fontsize=8)
+        ax2.set_title(f"per dimension (n = {summary['n']}; reported mapping: "
+                      f"{summary.get('box_mapping', 'cells')})", fontsize=9)
+        ax2.legend(fontsize=7.5, frameon=False, ncol=4, loc="upper center",
+                   bbox_to_anchor=(0.5, -0.16))
     fig.tight_layout()
     _save(fig, out)
     return len(pairs)

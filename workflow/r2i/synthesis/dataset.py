@@ -2,7 +2,14 @@
 
 Rows follow verl's ``RLHFDataset`` schema: ``data_source``, ``prompt`` (chat list whose user text
 carries an ``<image>`` placeholder), ``images`` (embedded bytes), ``ability``,
-``reward_model.ground_truth`` and ``extra_info`` (question, dimension, boxes, provenance).
+``reward_model.ground_truth`` and ``extra_info`` (question, dimension, boxes, provenance, and the
+prompt budget: stored ``image_size``, ``prompt_text_tokens``, ``prompt_tokens``).
+
+Prompt budget (:mod:`r2i.train.budget`): each boxed image is stored resized to at most
+``synthesis.dataset.max_pixels`` (the training ``max_pixels``), so what verl feeds the student is
+what the set holds; each row carries an upper bound of its prompt length in tokens, and a row
+above ``synthesis.dataset.max_prompt_length`` (when set) is dropped with reason
+``prompt_too_long``, counted in funnel.json, instead of vanishing in verl's overlong filter.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from r2i.images import decode_image, encode_png, resize_to_max_pixels
 from r2i.io import atomic_path, atomic_write_text, read_json, write_json
 from r2i.prompts import PromptTemplate, load_template
 from r2i.synthesis.records import Row, read_rows
+from r2i.train.budget import prompt_token_bound, text_token_bound
 
 DIMENSION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("counting", re.compile(r"\bhow many\b|\bnumber of\b|\bcount\b", re.I)),
@@ -101,42 +110,26 @@ class PixelHashes:
 def benchmark_hashes(benchmarks: Mapping[str, Mapping[str, Any]],
                      pixels_memo: PixelHashes | None = None) -> dict[str, dict[str, set[str]]]:
     """Per benchmark: the file-byte and pixel hashes of every image it contains."""
+    from r2i.evaluation.benchmarks import BenchmarkMissingError, load_benchmark
+
     memo = pixels_memo if pixels_memo is not None else PixelHashes()
     out: dict[str, dict[str, set[str]]] = {}
     for name, spec in benchmarks.items():
-        path = Path(spec["path"])
-        if not path.exists():
-            raise FileNotFoundError(
-                f"benchmark '{name}': file {path} not found (config key benchmarks.{name}.path); "
-                f"see docs for how to obtain it, or remove it from the config"
-            )
+        # The evaluation's own loader: every parquet shard, JSON images looked up as it does.
+        try:
+            items = load_benchmark(name, spec)
+        except BenchmarkMissingError as err:
+            raise FileNotFoundError(f"{err} (config key benchmarks.{name}.path; or remove the "
+                                    "benchmark from the config)") from None
         files: set[str] = set()
         pixels: set[str] = set()
-        if spec["format"] == "zoombench":
-            table = pq.read_table(path)
-            for col in ("image", "crop_image"):
-                if col not in table.column_names:
-                    continue
-                for cell in table.column(col).to_pylist():
-                    data = cell.get("bytes") if isinstance(cell, dict) else cell
-                    if isinstance(data, bytes):
-                        fsha = hashlib.sha256(data).hexdigest()
-                        files.add(fsha)
-                        px = memo.get(fsha, data)
-                        if px:
-                            pixels.add(px)
-        else:
-            root = Path(spec.get("image_root") or path.parent)
-            items = json.loads(path.read_text(encoding="utf-8"))
-            for item in items:
-                for img in item.get("images", []):
-                    p = Path(img) if Path(img).is_absolute() else root / img
-                    if p.exists():
-                        fsha = file_sha256(p)
-                        files.add(fsha)
-                        px = memo.get(fsha, p)
-                        if px:
-                            pixels.add(px)
+        for it in items:
+            for data in [*it.images, *it.crop_images]:
+                fsha = hashlib.sha256(data).hexdigest()
+                files.add(fsha)
+                px = memo.get(fsha, data)
+                if px:
+                    pixels.add(px)
         out[name] = {"files": files, "pixels": pixels}
     return out
 
@@ -154,13 +147,37 @@ def assign_splits(image_hashes: Sequence[str], val_fraction: float, seed: int) -
     return {h: ("val" if i < n_val else "train") for i, h in enumerate(uniq)}
 
 
-def to_verl_row(r: Row, index: int, split: str, fmt: PromptTemplate, settings: Mapping[str, Any]) -> dict[str, Any]:
+#: synthesis.dataset defaults of the prompt budget (the method's training pixel bounds).
+BUDGET_DEFAULTS = {"min_pixels": 262144, "max_pixels": 16777216, "max_prompt_length": None}
+
+
+def fit_to_budget(r: Row, fmt: PromptTemplate, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored image (resized to at most ``max_pixels``, Lanczos; PNG) and the prompt-length
+    bound of one item: ``{blob, image_size, image_scale, prompt_text_tokens, prompt_tokens}``."""
+    s = {**BUDGET_DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+    text = fmt.render(question=r.record["mcq_text"])
+    img = decode_image(r.blob, name=r.item_id) if r.blob is not None else None
+    blob, size, scale = r.blob, None, 1.0
+    if img is not None:
+        fitted = resize_to_max_pixels(img, int(s["max_pixels"]))
+        if fitted is not img:
+            blob, scale = encode_png(fitted), fitted.width / img.width
+        size = fitted.size
+    return {"blob": blob, "image_size": list(size) if size else None, "image_scale": scale,
+            "prompt_text_tokens": text_token_bound(text),
+            "prompt_tokens": prompt_token_bound(text, size, int(s["min_pixels"]),
+                                                int(s["max_pixels"]))}
+
+
+def to_verl_row(r: Row, index: int, split: str, fmt: PromptTemplate, settings: Mapping[str, Any],
+                fit: Mapping[str, Any] | None = None) -> dict[str, Any]:
     rec = r.record
     text = fmt.render(question=rec["mcq_text"])
+    fit = fit or fit_to_budget(r, fmt, settings)
     return {
         "data_source": settings["data_source"],
         "prompt": [{"role": "user", "content": "<image>" + text}],
-        "images": [{"bytes": r.blob, "path": None}],
+        "images": [{"bytes": fit["blob"], "path": None}],
         "ability": settings["ability"],
         "reward_model": {"style": "rule", "ground_truth": rec["answer_letter"]},
         "extra_info": {
@@ -182,6 +199,10 @@ def to_verl_row(r: Row, index: int, split: str, fmt: PromptTemplate, settings: M
             "agreement": float(rec["agreement"]),
             "student_correct": int(rec["student_correct"]),
             "teacher_models": sorted({v["model"] for v in rec["votes"]}),
+            "image_size": fit["image_size"],
+            "image_scale": float(fit["image_scale"]),
+            "prompt_text_tokens": int(fit["prompt_text_tokens"]),
+            "prompt_tokens": int(fit["prompt_tokens"]),
             "provenance": json.dumps(
                 {k: rec.get(k) for k in (
                     "lister_model", "writer_model", "consensus_model", "student_model", "judge_model",
@@ -215,6 +236,8 @@ def write_verl_parquet(path: str | Path, rows: list[dict[str, Any]]) -> None:
                         ("image_hash", pa.string()), ("source_path", pa.string()), ("pool", pa.string()),
                         ("object_phrase", pa.string()), ("agreement", pa.float64()),
                         ("student_correct", pa.int64()), ("teacher_models", pa.list_(pa.string())),
+                        ("image_size", pa.list_(pa.int64())), ("image_scale", pa.float64()),
+                        ("prompt_text_tokens", pa.int64()), ("prompt_tokens", pa.int64()),
                         ("provenance", pa.string()),
                     ]
                 ),
@@ -359,6 +382,22 @@ def gather(
         else:
             clean.append(r)
 
+    fmt = load_template(answer_format_path, "answer_format")
+    limit = settings.get("max_prompt_length")
+    fits: dict[str, dict[str, Any]] = {}
+    budget_rows: list[Row] = []
+    fitting: list[Row] = []
+    for r in clean:
+        fit = fit_to_budget(r, fmt, settings)
+        if limit is not None and fit["prompt_tokens"] > int(limit):
+            budget_rows.append(Row(r.item_id, r.item_id, "dropped", "prompt_too_long",
+                                   {"prompt_tokens": fit["prompt_tokens"]}))
+            continue
+        fits[r.item_id] = fit
+        fitting.append(r)
+        budget_rows.append(Row(r.item_id, r.item_id, "kept"))
+    clean = fitting
+
     splits = assign_splits([r.record["image_hash"] for r in clean], settings["val_fraction"], settings["seed"])
     item_split = {r.item_id: splits[r.record["image_hash"]] for r in clean}
     split_unit = "image"
@@ -368,17 +407,24 @@ def gather(
         ranked = sorted(clean, key=lambda r: _split_key(r.item_id, settings["seed"]))
         n_val = max(1, round(settings["val_fraction"] * len(clean)))
         item_split.update({r.item_id: "val" for r in ranked[:n_val]})
-    fmt = load_template(answer_format_path, "answer_format")
     out: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
     for r in sorted(clean, key=lambda x: x.item_id):
         split = item_split[r.item_id]
-        out[split].append(to_verl_row(r, len(out[split]), split, fmt, settings))
+        out[split].append(to_verl_row(r, len(out[split]), split, fmt, settings, fits[r.item_id]))
     memo.save()
     write_verl_parquet(out_train, out["train"])
     write_verl_parquet(out_val, out["val"])
 
-    funnel = build_funnel(read_json(manifest_summary_path), tables)
+    funnel = build_funnel(read_json(manifest_summary_path), {**tables, "prompt_budget": budget_rows})
     funnel["contamination"] = {"removed": len(contaminated)}
+    b = {**BUDGET_DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+    funnel["prompt_budget"] = {
+        "max_pixels": int(b["max_pixels"]), "min_pixels": int(b["min_pixels"]),
+        "max_prompt_length": limit,
+        "resized_images": sum(1 for f in fits.values() if f["image_scale"] < 1.0),
+        "largest_prompt_tokens": max((f["prompt_tokens"] for f in fits.values()), default=0),
+        "dropped_prompt_too_long": sum(1 for r in budget_rows if not r.kept),
+    }
     funnel["splits"] = {k: len(v) for k, v in out.items()}
     funnel["split_unit"] = split_unit
     check_not_empty(funnel, allow_empty=bool(settings.get("allow_empty", False)))

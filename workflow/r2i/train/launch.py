@@ -148,19 +148,26 @@ def _overrides_from_config(configfile: str, nodes: int | None) -> tuple[list[str
     from pathlib import Path
 
     from r2i.config import load_config
+    from r2i.train.budget import effective_train_config
     from r2i.train.overrides import build_overrides
 
     cfg = load_config(configfile)
-    train = cfg["train"]
+    train = effective_train_config(cfg)
     if nodes is not None:
         train["nodes"] = nodes
     results = Path(cfg["results_dir"]) / cfg["run"]
     out = Path(train["output_dir"] or results / "train" / train["name"] / "checkpoints")
     reward = Path(__file__).resolve().parents[1] / "reward.py"
-    ov = build_overrides(
-        train, results / "dataset" / "train.parquet", results / "dataset" / "val.parquet",
-        reward, out, experiment_name=f"{cfg['run']}-{train['name']}",
-    )
+    data = [results / "dataset" / "train.parquet", results / "dataset" / "val.parquet"]
+    ov = build_overrides(train, data[0], data[1], reward, out,
+                         experiment_name=f"{cfg['run']}-{train['name']}")
+    if train.get("max_prompt_length") is None:
+        if all(p.exists() for p in data):
+            from r2i.train.overrides import prompt_length_override
+
+            ov += prompt_length_override(train, data)
+        else:
+            ov.append("data.max_prompt_length=<derived from the dataset by the train rule>")
     return ov, train
 
 

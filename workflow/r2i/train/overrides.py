@@ -77,6 +77,9 @@ def build_overrides(
     train_bs, mini_bs = batch_sizes(c)
     exp = c.get("experiment_name") or experiment_name or c["name"]
     arr = "actor_rollout_ref"
+    if c.get("min_pixels") is None or c.get("max_pixels") is None:
+        raise ValueError("train.min_pixels/max_pixels must be resolved first "
+                         "(r2i.train.budget.effective_train_config)")
     kv: list[tuple[str, Any]] = [
         # data (verl RLHFDataset layout written by the dataset stage)
         ("data.train_files", str(train_files)),
@@ -84,9 +87,10 @@ def build_overrides(
         ("data.prompt_key", "prompt"),
         ("data.image_key", "images"),
         ("data.train_batch_size", train_bs),
-        ("data.max_prompt_length", c["max_prompt_length"]),
         ("data.max_response_length", c["max_response_length"]),
         ("data.filter_overlong_prompts", c["filter_overlong_prompts"]),
+        # data.max_prompt_length: below (configured) or appended by the train rule from the
+        # dataset (null: derived from the largest item, r2i.train.budget)
         ("data.truncation", "error"),
         ("++data.mm_processor_kwargs.min_pixels", c["min_pixels"]),
         ("++data.mm_processor_kwargs.max_pixels", c["max_pixels"]),
@@ -129,6 +133,7 @@ def build_overrides(
             (f"{kw}.judge_base_url", reward["judge_base_url"]),
             (f"{kw}.judge_model", reward.get("judge_model", "judge")),
             (f"{kw}.judge_max_concurrency", reward.get("judge_max_concurrency", 64)),
+            (f"{kw}.judge_max_tokens", reward.get("judge_max_tokens", 2048)),
         ]
         if reward.get("judge_api_key_env"):
             kv.append((f"{kw}.judge_api_key_env", reward["judge_api_key_env"]))
@@ -146,4 +151,19 @@ def build_overrides(
         ("trainer.resume_mode", c["resume_mode"]),
         ("trainer.default_local_dir", str(out_dir)),
     ]
+    if c.get("max_prompt_length") is not None:
+        kv.append(("data.max_prompt_length", c["max_prompt_length"]))
     return [f"{k}={hydra_value(v)}" for k, v in kv] + [str(o) for o in c.get("extra_overrides", [])]
+
+
+def prompt_length_override(train_cfg: Mapping[str, Any], parquets: Sequence[str | Path]) -> list[str]:
+    """The ``data.max_prompt_length`` override the train rule adds at run time: derived from the
+    dataset when ``train.max_prompt_length`` is null; otherwise none (it is in
+    :func:`build_overrides`), after checking that every item fits (ValueError otherwise)."""
+    from r2i.train.budget import check_prompt_budget, derive_max_prompt_length
+
+    lo, hi = int(train_cfg["min_pixels"]), int(train_cfg["max_pixels"])
+    if train_cfg.get("max_prompt_length") is None:
+        return [f"data.max_prompt_length={derive_max_prompt_length(parquets, lo, hi)}"]
+    check_prompt_budget(parquets, int(train_cfg["max_prompt_length"]), lo, hi)
+    return []
