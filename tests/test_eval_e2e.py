@@ -20,7 +20,7 @@ from r2i.evaluation import (
     write_metrics,
 )
 from r2i.io import read_jsonl
-from r2i.resources import prompt_path
+from r2i.packagedata import prompt_path
 from r2i.toy.world import generate_world, size_params
 
 from .conftest import BIN

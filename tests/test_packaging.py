@@ -1,5 +1,5 @@
 """The library works from a wheel installed outside the checkout (no ``config/`` next to it): the
-prompts, seed questions and config schema are package data (r2i.resources), so the GRPO reward
+prompts, seed questions and config schema are package data (r2i.packagedata), so the GRPO reward
 and the LLM judge load their prompt in a verl worker, a non-editable install or an Apptainer image
 that copies ``workflow/`` only.
 
@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent('''
     from aiohttp import web
 
     import r2i
-    from r2i import resources
+    from r2i import packagedata as resources
     from r2i.config import load_schema
     from r2i.judge import DEFAULT_JUDGE_PROMPT, LLMJudge
     from r2i.reward import compute_score

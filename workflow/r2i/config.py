@@ -17,7 +17,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
-from r2i.resources import schema_path
+from r2i.packagedata import schema_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Package data (r2i/data/schema/), so a wheel or an image that copies workflow/ only has it.

@@ -1,5 +1,5 @@
 """Prompt templates (``string.Template`` files; the shipped ones are package data under
-``r2i/data/prompts/``, see :mod:`r2i.resources`).
+``r2i/data/prompts/``, see :mod:`r2i.packagedata`).
 
 ``$name`` placeholders are used instead of ``str.format`` because prompts contain literal braces
 (``\\boxed{}``, JSON examples). Every rendered prompt can be traced to its template by hash,
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from r2i.resources import prompt_path, seed_questions_path
+from r2i.packagedata import prompt_path, seed_questions_path
 
 
 @dataclass(frozen=True)
