@@ -28,7 +28,7 @@ rule evaluate:
     conda:
         "../envs/evaluation.yaml"
     resources:
-        gpu=EVAL_WF.gpus,
+        **eval_resources(),
     params:
         settings=EVAL_WF.params,
         benchmark_name=lambda wildcards: wildcards.benchmark,
@@ -50,6 +50,8 @@ rule eval_metrics:
         benchmark="[A-Za-z0-9_.-]+",
     conda:
         "../envs/evaluation.yaml"
+    resources:
+        **rule_resources("eval_metrics"),
     params:
         views=config["evaluation"]["views"],
         bootstrap=config["evaluation"]["bootstrap"],
@@ -68,6 +70,8 @@ rule tiny_vlm:
         kind="qwen2_5_vl|qwen3_vl",
     conda:
         "../envs/evaluation.yaml"
+    resources:
+        **rule_resources("tiny_vlm"),
     params:
         seed=TOY["seed"],
     script:
@@ -98,7 +102,9 @@ rule attention:
     conda:
         "../envs/evaluation.yaml"
     resources:
-        gpu=config["evaluation"]["attention"]["gpus"],
+        **rule_resources(
+            "attention", own_gpus=config["evaluation"]["attention"]["gpus"]
+        ),
     params:
         settings=EVAL_WF.attention_params,
     script:

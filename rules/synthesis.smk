@@ -9,6 +9,8 @@ rule toy_world:
         LOGS / "toy_world.log",
     conda:
         "../envs/cpu-synthesis.yaml"
+    resources:
+        **rule_resources("toy_world"),
     params:
         seed=TOY["seed"],
         size=TOY["size"],
@@ -27,6 +29,8 @@ rule pool_signature:
         LOGS / "pool_signature.log",
     conda:
         "../envs/cpu-synthesis.yaml"
+    resources:
+        **rule_resources("pool_signature"),
     params:
         pools=config["pools"],
     script:
@@ -44,6 +48,8 @@ checkpoint manifest:
     conda:
         "../envs/cpu-synthesis.yaml"
     threads: 2
+    resources:
+        **rule_resources("manifest"),
     params:
         pools=config["pools"],
         settings=config["manifest"],
@@ -65,7 +71,7 @@ rule objects:
     conda:
         "../envs/cpu-synthesis.yaml"
     resources:
-        gpu=stage_gpus(["teacher"], segmenter=True),
+        **rule_resources("objects", ["teacher"], segmenter=True),
     params:
         **stage_params("objects", ["teacher"]),
         segmenter=config["segmenter"],
@@ -83,6 +89,8 @@ rule crops:
         LOGS / "shards" / "{shard}" / "crops.log",
     conda:
         "../envs/cpu-synthesis.yaml"
+    resources:
+        **rule_resources("crops"),
     params:
         **stage_params("crops", []),
     script:
@@ -102,7 +110,7 @@ rule questions:
     conda:
         "../envs/cpu-synthesis.yaml"
     resources:
-        gpu=stage_gpus(["teacher"]),
+        **rule_resources("questions", ["teacher"]),
     params:
         **stage_params("questions", ["teacher"]),
     script:
@@ -122,7 +130,7 @@ rule answers:
     conda:
         "../envs/cpu-synthesis.yaml"
     resources:
-        gpu=stage_gpus(["teacher", "teacher_b", "consensus"]),
+        **rule_resources("answers", ["teacher", "teacher_b", "consensus"]),
     params:
         **stage_params("answers", ["teacher", "teacher_b", "consensus"]),
     script:
@@ -141,7 +149,7 @@ rule mcq:
     conda:
         "../envs/cpu-synthesis.yaml"
     resources:
-        gpu=stage_gpus(["teacher"]),
+        **rule_resources("mcq", ["teacher"]),
     params:
         **stage_params("mcq", ["teacher"]),
     script:
@@ -160,7 +168,7 @@ rule difficulty:
     conda:
         "../envs/cpu-synthesis.yaml"
     resources:
-        gpu=stage_gpus(["student", "judge"]),
+        **rule_resources("difficulty", ["student", "judge"]),
     params:
         **stage_params("difficulty", ["student", "judge"]),
     script:
@@ -188,6 +196,8 @@ rule dataset:
         LOGS / "dataset.log",
     conda:
         "../envs/cpu-synthesis.yaml"
+    resources:
+        **rule_resources("dataset"),
     params:
         settings=config["synthesis"]["dataset"],
         shards=SHARDS,

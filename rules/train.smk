@@ -33,8 +33,7 @@ rule train:
     conda:
         "../envs/training.yaml"
     resources:
-        nodes=TRAIN["nodes"],
-        gpu=TRAIN["gpus_per_node"],
+        **rule_resources("train"),
     params:
         overrides=TRAIN_OVERRIDES,
         nodes=TRAIN["nodes"],
@@ -54,6 +53,6 @@ rule merge:
     conda:
         "../envs/training.yaml"
     resources:
-        gpu=1,
+        **rule_resources("merge"),
     script:
         "../scripts/merge.py"
