@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
@@ -130,8 +130,6 @@ class JobNeeds:
     requests_in_flight: int = 0
     startup_minutes: int = 0
     nodes: int = 1
-    gpus_per_node_key: str = ""  # config key that sets the GPUs per node (train)
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def gpus(self) -> int:
@@ -209,11 +207,10 @@ def job_needs(
                 work="sam3",
             )
         )
-    nodes, per_node_key = 1, ""
+    nodes = 1
     if rule == "train" or kind == "train":
         train = config.get("train") or {}
         nodes = int(train.get("nodes", 1))
-        per_node_key = "train.gpus_per_node"
         uses.append(
             GpuUse(
                 what=f"verl training (train.gpus_per_node: {train.get('gpus_per_node', 8)} "
@@ -224,8 +221,11 @@ def job_needs(
             )
         )
     elif own_gpus > 0:
-        uses.append(GpuUse(what=f"the job's own work ({own_gpus} GPU)", gpus=own_gpus,
-                           work=job_kind.gpu_work))  # fmt: skip
+        uses.append(
+            GpuUse(
+                what=f"the job's own work ({own_gpus} GPU)", gpus=own_gpus, work=job_kind.gpu_work
+            )
+        )
     return JobNeeds(
         rule=rule,
         kind=job_kind,
@@ -233,7 +233,6 @@ def job_needs(
         requests_in_flight=in_flight,
         startup_minutes=startup,
         nodes=nodes,
-        gpus_per_node_key=per_node_key,
     )
 
 
@@ -296,8 +295,15 @@ def job_resources(
     and ``gpu_model`` (GPU jobs), ``mem_mb``, ``runtime``, ``nodes`` and ``slurm_extra`` (train).
     CPU jobs get their CPUs from the rule's ``threads`` (``--cpus-per-task``).
     """
-    needs = job_needs(config, rule, roles=roles, endpoints=endpoints, segmenter=segmenter,
-                      own_gpus=own_gpus, kind=kind)  # fmt: skip
+    needs = job_needs(
+        config,
+        rule,
+        roles=roles,
+        endpoints=endpoints,
+        segmenter=segmenter,
+        own_gpus=own_gpus,
+        kind=kind,
+    )
     return resources_of(config, needs)
 
 
