@@ -15,12 +15,13 @@ Skipped unless a SLURM controller answers (CI starts one with tests/slurm/start-
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.e2e import REPO, dataset_rows
+from tests.e2e import REPO, dataset_rows, snakemake
 from tests.slurm.harness import (
     SlurmCluster,
     run_snakemake_slurm,
@@ -121,6 +122,20 @@ def test_readme_cluster_command_runs_and_survives_scancel(
     assert list((tmp_path / "results" / "toy" / "eval").glob("*/*/metrics.json"))
     assert list((tmp_path / "results" / "toy" / "attention").glob("*/*/summary.json"))
     assert (tmp_path / "results" / "toy" / "report" / "run" / "run.html").exists()
+    # the same outputs as a local run (`snakemake -c 2 synthesis`, fed the SLURM run's call cache:
+    # no model call is repeated, and the rows, images and answers are identical)
+    local = tmp_path / "local"
+    shutil.copytree(tmp_path / ".r2i-cache", local / ".r2i-cache")
+    calls_before = sum(1 for p in (local / ".r2i-cache").rglob("*") if p.is_file())
+    snakemake(local, "synthesis")
+    assert sum(1 for p in (local / ".r2i-cache").rglob("*") if p.is_file()) == calls_before
+    want = dataset_rows(local)
+    assert rows.keys() == want.keys()
+    for k, row in want.items():
+        assert rows[k]["reward_model"] == row["reward_model"]
+        assert rows[k]["images"][0]["bytes"] == row["images"][0]["bytes"]
+        assert rows[k]["extra_info"]["question"] == row["extra_info"]["question"]
+
     # the same command again has nothing to do
     again = run_snakemake_slurm(tmp_path, ["-s", str(REPO / "Snakefile"), "-n"],
                                 cluster=slurm_cluster, timeout=300)  # fmt: skip
