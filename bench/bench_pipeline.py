@@ -1,86 +1,154 @@
-"""Benchmark of the synthesis pipeline on one toy-world input, against references measured in the same run.
+"""Benchmark of the whole synthesis DAG against the request-time bound, measured in the same run.
 
-1. Model calls: the whole synthesis DAG (``snakemake -c JOBS``) runs against one simulated server
-   with a fixed per-request latency L. Its wall time W is compared with the time the same number
-   of requests N needs when the server is kept exactly at its concurrency limit (Little's law:
-   N * L / (JOBS * C), C being each job's endpoint concurrency). ratio = reference / W (1.0 = the
-   pipeline keeps the server saturated the whole time; lower = dependency stalls, image work,
-   job start-up).
-2. CPU image work: the same images and the same boxes the objects stage found, through
-   ``r2i.images`` and through a plain Pillow loop doing the same operations
-   (``bench/bench_images.py``).
+One simulated server (a test double: ``r2i-sim-server`` on loopback) answers every model role with
+a fixed latency L and serves at most C requests at once (beyond that it answers 429). The whole
+synthesis DAG (``snakemake -c JOBS synthesis``: manifest, one job per shard, dataset) runs against it
+with every endpoint's ``max_concurrency = C``. If the N requests of the run kept all C slots busy
+from the first request to the last, the run would take the bound ``N x L / C``; the ratio
+``bound / wall`` says how close the pipeline gets (1.0 = the server never waits for the pipeline).
+The server's own counters give the mean number of requests in flight over the wall time and the
+seconds with nothing in flight (idle).
 
-The simulated server and toy world are test doubles; the workflow and client are the real ones.
+Then a replay: the results are deleted (the call cache and the stage memo are kept) and the DAG
+runs again: 0 requests; its wall time is the pipeline's fixed cost. With ``--replay-no-memo`` also
+once with ``stage_memo: false`` (every stage recomputed from the call cache).
 
-Usage: .venv/bin/python bench/bench_pipeline.py [--size tiny|small] [--latency 0.2] [--concurrency 16]
+``--repo DIR`` runs another checkout's workflow (e.g. the code before a change, checked out with
+``git worktree add``) with the same world, server and settings, for a before/after table. Its
+config is built from that checkout's ``config/config.yaml``.
+
+Usage: .venv/bin/python bench/bench_pipeline.py --size small --latency 0.5 [--concurrency 32]
+       [--shards 4] [--jobs 4] [--repo DIR] [--replay-no-memo] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
-import pyarrow.parquet as pq
+import yaml
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
 
-from bench_images import bench_objects  # noqa: E402
+from tests.e2e import BIN, SimServer, env  # noqa: E402
 
-from tests.e2e import SimServer, snakemake, tiny_config  # noqa: E402
+
+def config_for(repo: Path, wd: Path, *, size: str, shards: int, base_url: str | None,
+               concurrency: int, **extra: Any) -> Path:
+    cfg = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    cfg["toy_world"]["size"] = size
+    cfg["manifest"]["shards"] = shards
+    cfg["cache_dir"] = str(wd / "cache")
+    cfg.setdefault("evaluation", {}).setdefault("attention", {})["models"] = {}
+    sim = cfg["endpoints"]["sim"]
+    sim["api_key_env"] = "R2I_TEST_API_KEY"
+    sim["max_concurrency"] = concurrency
+    if base_url:
+        sim.pop("launch", None)
+        sim["base_url"] = base_url
+    cfg.update(extra)
+    path = wd / "bench-config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def run_snakemake(repo: Path, wd: Path, cfg: Path, *args: str, timeout: float = 7200) -> float:
+    e = env()
+    e["PYTHONPATH"] = str(repo / "workflow")  # that checkout's library, not the installed one
+    cmd = [str(BIN / "snakemake"), "-s", str(repo / "Snakefile"), "-d", str(wd),
+           "--configfile", str(cfg), *args]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=timeout)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise SystemExit(f"snakemake failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}")
+    return wall
+
+
+def reset(server: SimServer) -> None:
+    req = urllib.request.Request(server.url + "/stats/reset", method="POST")
+    urllib.request.urlopen(req, timeout=5).close()
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", default="tiny", choices=["tiny", "small", "medium"])
-    ap.add_argument("--shards", type=int, default=2)
-    ap.add_argument("--latency", type=float, default=0.2, help="simulated seconds per request")
-    ap.add_argument("--concurrency", type=int, default=16, help="endpoint max_concurrency per job")
-    ap.add_argument("--jobs", type=int, default=2, help="snakemake -c")
-    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--size", default="small", choices=["tiny", "small", "medium"])
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--latency", type=float, default=0.5, help="simulated seconds per request")
+    ap.add_argument("--concurrency", type=int, default=32, help="the server's C (and each endpoint's)")
+    ap.add_argument("--jobs", type=int, default=4, help="snakemake -c")
+    ap.add_argument("--repo", type=Path, default=REPO, help="checkout whose workflow to run")
+    ap.add_argument("--replay-no-memo", action="store_true")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
 
-    wd = Path(args.workdir or tempfile.mkdtemp(prefix="r2i-bench-"))
-    base = dict(toy_world__size=args.size, manifest__shards=args.shards)
-    print(f"workdir {wd}; toy world '{args.size}', {args.shards} shards")
-    snakemake(wd, "--until", "manifest", config=tiny_config(wd, **base))
+    repo = args.repo.resolve()
+    wd = args.workdir or Path(tempfile.mkdtemp(prefix="r2i-bench-"))
+    wd.mkdir(parents=True, exist_ok=True)
+    print(f"workdir {wd}; code {repo}; toy world '{args.size}', {args.shards} shards, "
+          f"L = {args.latency} s, C = {args.concurrency}, snakemake -c {args.jobs}")
+    base = dict(size=args.size, shards=args.shards, concurrency=args.concurrency)
+    run_snakemake(repo, wd, config_for(repo, wd, base_url=None, **base), "-c", str(args.jobs),
+                  "--until", "manifest")
 
-    limit = args.concurrency * args.jobs
-    server = SimServer(wd / "resources/toy", wd / "sim.log", latency=args.latency, max_concurrency=limit)
+    server = SimServer(wd / "resources/toy", wd / "sim.log", latency=args.latency,
+                       max_concurrency=args.concurrency)
+    out: dict[str, Any] = {"size": args.size, "shards": args.shards, "latency": args.latency,
+                           "concurrency": args.concurrency, "jobs": args.jobs, "repo": str(repo)}
     try:
-        cfg = tiny_config(wd, base_url=server.url, endpoints__sim__max_concurrency=args.concurrency, **base)
-        t0 = time.perf_counter()
-        snakemake(wd, "-c", str(args.jobs), config=cfg, timeout=7200)
-        wall = time.perf_counter() - t0
-        stats = server.stats()
+        cfg = config_for(repo, wd, base_url=server.url, **base)
+        reset(server)
+        wall = run_snakemake(repo, wd, cfg, "-c", str(args.jobs), "synthesis")
+        st = server.stats()
+        n = int(st["completed"])
+        bound = n * args.latency / args.concurrency
+        out.update(requests=n, wall_s=round(wall, 2), bound_s=round(bound, 2),
+                   ratio=round(bound / wall, 3), throttled=st["throttled"],
+                   mean_in_flight=round(st["in_flight_seconds"] / wall, 2),
+                   idle_s=round(wall - st["busy_seconds"], 2), max_in_flight=st["max_in_flight"])
+
+        # Replay: results deleted, call cache (and stage memo) kept.
+        shutil.rmtree(wd / "results")
+        shutil.rmtree(wd / ".snakemake", ignore_errors=True)
+        reset(server)
+        out["replay_s"] = round(run_snakemake(repo, wd, cfg, "-c", str(args.jobs), "synthesis"), 2)
+        out["replay_requests"] = int(server.stats()["requests"])
+        if args.replay_no_memo:
+            shutil.rmtree(wd / "results")
+            shutil.rmtree(wd / ".snakemake", ignore_errors=True)
+            cfg2 = config_for(repo, wd, base_url=server.url, stage_memo=False, **base)
+            reset(server)
+            out["replay_no_memo_s"] = round(run_snakemake(repo, wd, cfg2, "-c", str(args.jobs), "synthesis"), 2)
+            out["replay_no_memo_requests"] = int(server.stats()["requests"])
     finally:
         server.close()
-    n = int(stats["requests"])
-    ref = n * args.latency / limit
-    print("\nModel calls: pipeline vs the same requests at the server's concurrency limit")
-    print(f"{'requests':>9} {'latency s':>9} {'limit':>6} {'pipeline s':>11} {'reference s':>12} {'ratio':>6}")
-    print(f"{n:>9} {args.latency:>9.3f} {limit:>6} {wall:>11.1f} {ref:>12.1f} {ref / wall:>6.2f}")
-    print(f"(429s from the server: {stats['throttled']}; max requests in flight: {stats['max_in_flight']})")
 
-    boxes: dict[Path, list[tuple[int, int, int, int]]] = {}
-    for f in sorted((wd / "results/toy/shards").glob("*/crops.parquet")):
-        for rec, status in zip(
-            pq.read_table(f, columns=["record"]).column("record").to_pylist(),
-            pq.read_table(f, columns=["status"]).column("status").to_pylist(),
-            strict=True,
-        ):
-            if status == "kept":
-                r = json.loads(rec)
-                boxes.setdefault(Path(r["image_path"]), []).append(tuple(int(v) for v in r["crop_box"]))
-    k = min(len(b) for b in boxes.values())
-    boxes = {p: b[:k] for p, b in boxes.items()}  # same number of boxes per image for the table
-    print()
-    bench_objects(sorted(boxes), boxes, rounds=1)
+    print("\nWhole synthesis DAG vs the request-time bound N x L / C (same server, same run)")
+    print(f"{'requests':>9} {'wall s':>8} {'bound s':>8} {'ratio':>6} {'mean in flight':>15} "
+          f"{'idle s':>7} {'429s':>5} {'replay s':>9}")
+    print(f"{out['requests']:>9} {out['wall_s']:>8.1f} {out['bound_s']:>8.1f} {out['ratio']:>6.2f} "
+          f"{out['mean_in_flight']:>10.1f} / {args.concurrency:<3} {out['idle_s']:>7.1f} "
+          f"{out['throttled']:>5} {out['replay_s']:>9.1f}")
+    if "replay_no_memo_s" in out:
+        print(f"replay without the stage memo: {out['replay_no_memo_s']:.1f} s "
+              f"({out['replay_no_memo_requests']} requests)")
+    if out["replay_requests"]:
+        print(f"WARNING: the replay sent {out['replay_requests']} requests")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    if not args.workdir:
+        shutil.rmtree(wd, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 # Config access, paths and input functions shared by all rule files.
 import os
+import shlex
 import sys
 from pathlib import Path
+
+from snakemake.settings.types import DeploymentMethod
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
@@ -79,18 +82,51 @@ if not TOY["enabled"] or Path(TOY["dir"], "index.json").exists():
 
 
 SYNTHESIS_STAGES = ["objects", "crops", "questions", "answers", "mcq", "difficulty"]
+# Model roles each stage calls (the synthesize job opens those of the stages it runs).
+STAGE_ROLES = {
+    "objects": ["teacher"],
+    "crops": [],
+    "questions": ["teacher"],
+    "answers": ["teacher", "teacher_b", "consensus"],
+    "mcq": ["teacher"],
+    "difficulty": ["student", "judge"],
+}
+SYNTHESIS_ROLES = ["teacher", "teacher_b", "consensus", "student", "judge"]
+SYNTHESIS_PROMPTS = [
+    "list_objects",
+    "write_questions",
+    "validate_question",
+    "seed_questions",
+    "answer_question",
+    "consensus",
+    "focus_instruction",
+    "distractors",
+    "mcq",
+    "answer_format",
+    "judge",
+]
 
 
-def stage_params(stage, roles):
-    """Params of a synthesis stage: its settings, the models it calls, prompts and cache.
+def synthesis_prompt_files():
+    """The prompt templates and seed questions the synthesis stages render (inputs: editing
+    one reruns the shards; the stage memo then recomputes only the stages that use it).
+    """
+    return [prompt(name) for name in SYNTHESIS_PROMPTS]
 
-    Only this stage's settings are included, so changing e.g. the consensus ratio reruns the
-    answers stage and its descendants but not the stages before it.
+
+def stage_stats(stage):
+    return str(RESULTS / "shards" / "{shard}" / f"{stage}.stats.json")
+
+
+def stage_params(stage):
+    """What determines a synthesis stage's rows: its settings, the models it calls, prompts.
+
+    Each stage's part is separate, so the stage memo can tell which stages a change affects
+    (e.g. the consensus ratio changes only `answers` and what follows).
     """
     return {
-        "stage": stage,
         "settings": config["synthesis"][stage],
-        "models": model_params(*roles),
+        "models": model_params(*STAGE_ROLES[stage]),
         "prompts": config["prompts"],
     }
 
@@ -135,6 +171,87 @@ def eval_resources(name="evaluate"):
 def stage_gpus(roles, segmenter=False):
     """GPUs a stage job needs: its launched model servers (each once) plus SAM3 if used."""
     return rule_resources("stage", roles, segmenter).get("gpu", 0)
+
+
+# --- software environments (envs/, docs/cluster.md "Software"): every rule names one env by its
+# conda env file (`conda: env_file(name)`, --sdm conda) and the Apptainer image built from the same
+# lock (`container: env_image(name)`, --sdm apptainer). Which env a model-calling rule needs follows
+# the config: a job that launches a model server other than the simulator (vLLM) or runs SAM3 gets
+# the GPU env, every other job the CPU env.
+ENVS_DIR = Path(workflow.basedir) / "envs"
+SIMULATOR_COMMANDS = ("r2i-sim-server",)
+SIMULATOR_MODULES = ("r2i.sim.server",)
+
+
+def env_file(name):
+    """`conda:` value of env `name` (absolute, so it resolves the same from every rule file)."""
+    path = ENVS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise WorkflowError(f"software env '{name}': {path} does not exist (see envs/)")
+    return str(path)
+
+
+def _image(name):
+    return config["software"]["container"].replace("{env}", name)
+
+
+def env_image(name):
+    """`container:` value of env `name`: software.container with {env} replaced.
+
+    A function of the job (Snakemake evaluates it per job), so that under --sdm apptainer a
+    local image that was not built fails before any job is submitted, saying how to build it.
+    """
+
+    def image(wildcards):
+        img = _image(name)
+        apptainer = (
+            DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
+        )
+        if apptainer and "://" not in img and not Path(img).is_file():
+            raise WorkflowError(
+                f"Apptainer image {img} (software.container, env '{name}') does not exist: build it "
+                f"from the repository root with `apptainer build {img} envs/{name}.def`, or point "
+                "software.container at your images (see docs/cluster.md)."
+            )
+        return img
+
+    return image
+
+
+def is_simulator(command):
+    """True for a launch command that starts the simulated models (no GPU software needed)."""
+    words = shlex.split(command)
+    if not words:
+        return False
+    if os.path.basename(words[0]) in SIMULATOR_COMMANDS:
+        return True
+    return any(a == "-m" and b in SIMULATOR_MODULES for a, b in zip(words, words[1:]))
+
+
+def launches_model_server(endpoint_names):
+    """True if a job using these endpoints launches a server other than the simulator."""
+    endpoints = config["endpoints"]
+    return any(
+        "launch" in endpoints[e] and not is_simulator(endpoints[e]["launch"])
+        for e in endpoint_names
+        if e in endpoints
+    )
+
+
+def synthesis_env(roles, segmenter=False):
+    """Env of a synthesis job calling `roles` (and the segmenter): gpu with vLLM/SAM3, else cpu."""
+    endpoints = {config["models"][r]["endpoint"] for r in roles}
+    sam3 = segmenter and config["segmenter"]["backend"] == "sam3"
+    return "gpu" if sam3 or launches_model_server(endpoints) else "cpu"
+
+
+def evaluation_env():
+    """Env of `evaluate` jobs: gpu if any evaluated model or the judge is launched (vLLM)."""
+    ev = config["evaluation"]
+    endpoints = {m["endpoint"] for m in ev["models"].values()}
+    if ev["judge"]:
+        endpoints.add(ev["judge"]["endpoint"])
+    return "gpu" if launches_model_server(endpoints) else "cpu"
 
 
 def benchmark_files():

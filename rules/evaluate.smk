@@ -26,7 +26,9 @@ rule evaluate:
         benchmark="[A-Za-z0-9_.-]+",
         view="full|crop|tool",
     conda:
-        "../envs/evaluation.yaml"
+        env_file(evaluation_env())
+    container:
+        env_image(evaluation_env())
     resources:
         **eval_resources(),
     params:
@@ -49,7 +51,9 @@ rule eval_metrics:
         model="[A-Za-z0-9_.-]+",
         benchmark="[A-Za-z0-9_.-]+",
     conda:
-        "../envs/evaluation.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     resources:
         **rule_resources("eval_metrics"),
     params:
@@ -69,7 +73,9 @@ rule tiny_vlm:
     wildcard_constraints:
         kind="qwen2_5_vl|qwen3_vl",
     conda:
-        "../envs/evaluation.yaml"
+        env_file("gpu")
+    container:
+        env_image("gpu")
     resources:
         **rule_resources("tiny_vlm"),
     params:
@@ -100,7 +106,9 @@ rule attention:
         model="[A-Za-z0-9_.-]+",
         benchmark="[A-Za-z0-9_.-]+",
     conda:
-        "../envs/evaluation.yaml"
+        env_file("gpu")
+    container:
+        env_image("gpu")
     resources:
         **rule_resources(
             "attention", own_gpus=config["evaluation"]["attention"]["gpus"]

@@ -28,7 +28,9 @@ rule report_funnel:
     log:
         LOGS / "report" / "funnel.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     script:
         "../scripts/report.py"
 
@@ -46,7 +48,9 @@ rule report_gallery:
     log:
         LOGS / "report" / "gallery.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     params:
         shard_dirs=expand(RESULTS / "shards" / "{shard}", shard=SHARDS),
         n_kept=config["report"]["gallery"]["kept"],
@@ -76,7 +80,9 @@ rule report_cost:
     log:
         LOGS / "report" / "cost.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     script:
         "../scripts/report.py"
 
@@ -94,7 +100,9 @@ rule report_accuracy:
     log:
         LOGS / "report" / "accuracy.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     script:
         "../scripts/report.py"
 
@@ -112,7 +120,9 @@ rule report_throughput:
     log:
         LOGS / "report" / "throughput.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     script:
         "../scripts/report.py"
 
@@ -132,7 +142,9 @@ rule report_attention:
     log:
         LOGS / "report" / "attention.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     script:
         "../scripts/report.py"
 
@@ -149,7 +161,9 @@ rule report_run:
     log:
         LOGS / "report" / "run.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     params:
         # the validated config (a param: a config change refreshes this page)
         config=config,

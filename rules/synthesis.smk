@@ -8,7 +8,9 @@ rule toy_world:
     log:
         LOGS / "toy_world.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     resources:
         **rule_resources("toy_world"),
     params:
@@ -28,7 +30,9 @@ rule pool_signature:
     log:
         LOGS / "pool_signature.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     resources:
         **rule_resources("pool_signature"),
     params:
@@ -46,7 +50,9 @@ checkpoint manifest:
     log:
         LOGS / "manifest.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     threads: 2
     resources:
         **rule_resources("manifest"),
@@ -59,120 +65,40 @@ checkpoint manifest:
         "../scripts/manifest.py"
 
 
-rule objects:
+# Every model stage of a shard in one job that streams items from stage to stage
+# (docs/synthesis.md): an item moves on as soon as it is done, so the model servers stay busy.
+# Each stage still has its own table and stats file; each stage's settings, models and prompts
+# are params/inputs, and the stage memo reuses the stages that did not change.
+rule synthesize:
     input:
         shard=shard_list,
-        prompts=prompt("list_objects"),
+        prompts=synthesis_prompt_files(),
     output:
-        table=stage_output("objects"),
-        stats=stage_output("objects").replace(".parquet", ".stats.json"),
+        objects=stage_output("objects"),
+        objects_stats=stage_stats("objects"),
+        crops=stage_output("crops"),
+        crops_stats=stage_stats("crops"),
+        questions=stage_output("questions"),
+        questions_stats=stage_stats("questions"),
+        answers=stage_output("answers"),
+        answers_stats=stage_stats("answers"),
+        mcq=stage_output("mcq"),
+        mcq_stats=stage_stats("mcq"),
+        difficulty=stage_output("difficulty"),
+        difficulty_stats=stage_stats("difficulty"),
     log:
-        LOGS / "shards" / "{shard}" / "objects.log",
+        LOGS / "shards" / "{shard}" / "synthesize.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file(synthesis_env(SYNTHESIS_ROLES, segmenter=True))
+    container:
+        env_image(synthesis_env(SYNTHESIS_ROLES, segmenter=True))
     resources:
-        **rule_resources("objects", ["teacher"], segmenter=True),
+        **rule_resources("synthesize", SYNTHESIS_ROLES, segmenter=True),
     params:
-        **stage_params("objects", ["teacher"]),
+        stages={stage: stage_params(stage) for stage in SYNTHESIS_STAGES},
         segmenter=config["segmenter"],
     script:
-        "../scripts/synth_stage.py"
-
-
-rule crops:
-    input:
-        objects=stage_output("objects"),
-    output:
-        table=stage_output("crops"),
-        stats=stage_output("crops").replace(".parquet", ".stats.json"),
-    log:
-        LOGS / "shards" / "{shard}" / "crops.log",
-    conda:
-        "../envs/cpu-synthesis.yaml"
-    resources:
-        **rule_resources("crops"),
-    params:
-        **stage_params("crops", []),
-    script:
-        "../scripts/synth_stage.py"
-
-
-rule questions:
-    input:
-        crops=stage_output("crops"),
-        prompts=[prompt("write_questions"), prompt("validate_question")],
-        seeds=prompt("seed_questions"),
-    output:
-        table=stage_output("questions"),
-        stats=stage_output("questions").replace(".parquet", ".stats.json"),
-    log:
-        LOGS / "shards" / "{shard}" / "questions.log",
-    conda:
-        "../envs/cpu-synthesis.yaml"
-    resources:
-        **rule_resources("questions", ["teacher"]),
-    params:
-        **stage_params("questions", ["teacher"]),
-    script:
-        "../scripts/synth_stage.py"
-
-
-rule answers:
-    input:
-        questions=stage_output("questions"),
-        crops=stage_output("crops"),
-        prompts=[prompt("answer_question"), prompt("consensus")],
-    output:
-        table=stage_output("answers"),
-        stats=stage_output("answers").replace(".parquet", ".stats.json"),
-    log:
-        LOGS / "shards" / "{shard}" / "answers.log",
-    conda:
-        "../envs/cpu-synthesis.yaml"
-    resources:
-        **rule_resources("answers", ["teacher", "teacher_b", "consensus"]),
-    params:
-        **stage_params("answers", ["teacher", "teacher_b", "consensus"]),
-    script:
-        "../scripts/synth_stage.py"
-
-
-rule mcq:
-    input:
-        answers=stage_output("answers"),
-        prompts=[prompt("focus_instruction"), prompt("distractors"), prompt("mcq")],
-    output:
-        table=stage_output("mcq"),
-        stats=stage_output("mcq").replace(".parquet", ".stats.json"),
-    log:
-        LOGS / "shards" / "{shard}" / "mcq.log",
-    conda:
-        "../envs/cpu-synthesis.yaml"
-    resources:
-        **rule_resources("mcq", ["teacher"]),
-    params:
-        **stage_params("mcq", ["teacher"]),
-    script:
-        "../scripts/synth_stage.py"
-
-
-rule difficulty:
-    input:
-        mcq=stage_output("mcq"),
-        prompts=[prompt("answer_format"), prompt("judge")],
-    output:
-        table=stage_output("difficulty"),
-        stats=stage_output("difficulty").replace(".parquet", ".stats.json"),
-    log:
-        LOGS / "shards" / "{shard}" / "difficulty.log",
-    conda:
-        "../envs/cpu-synthesis.yaml"
-    resources:
-        **rule_resources("difficulty", ["student", "judge"]),
-    params:
-        **stage_params("difficulty", ["student", "judge"]),
-    script:
-        "../scripts/synth_stage.py"
+        "../scripts/synthesize.py"
 
 
 rule dataset:
@@ -195,7 +121,9 @@ rule dataset:
     log:
         LOGS / "dataset.log",
     conda:
-        "../envs/cpu-synthesis.yaml"
+        env_file("cpu")
+    container:
+        env_image("cpu")
     resources:
         **rule_resources("dataset"),
     params:

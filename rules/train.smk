@@ -31,7 +31,9 @@ rule train:
     log:
         LOGS / "train" / f"{TRAIN['name']}.log",
     conda:
-        "../envs/training.yaml"
+        env_file("training")
+    container:
+        env_image("training")
     resources:
         **rule_resources("train"),
     params:
@@ -51,7 +53,9 @@ rule merge:
     log:
         LOGS / "train" / f"{TRAIN['name']}.merge.log",
     conda:
-        "../envs/training.yaml"
+        env_file("training")
+    container:
+        env_image("training")
     resources:
         **rule_resources("merge"),
     script:

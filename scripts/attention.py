@@ -1,5 +1,13 @@
 """Rule script `attention`: coverage of one model directory on one benchmark (docs/attention.md)."""
 
+import sys
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parent))  # scripts/ (Snakemake appends it too)
+from _checkout import use_checkout
+
+use_checkout(__file__)  # the r2i library from this checkout, in any env or container
+
 from r2i.evaluation.attention import run_attention
 from r2i.synthesis.entry import setup_logging
 

@@ -1,6 +1,13 @@
 """Rule script: gather shards into train/val parquet (verl schema), funnel, card, contamination check."""
 
 import logging
+import sys
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parent))  # scripts/ (Snakemake appends it too)
+from _checkout import use_checkout
+
+use_checkout(__file__)  # the r2i library from this checkout, in any env or container
 
 from r2i.synthesis.dataset import gather
 from r2i.synthesis.entry import setup_logging
@@ -23,5 +30,6 @@ funnel = gather(
     out_card=snakemake.output["card"],  # noqa: F821
     out_funnel=snakemake.output["funnel"],  # noqa: F821
     out_contamination=snakemake.output["contamination"],  # noqa: F821
+    pixel_hashes=f"{snakemake.config['cache_dir']}/pixel-sha256.json",  # noqa: F821
 )
 logging.getLogger("r2i.dataset").info("dataset: %s", funnel["splits"])

@@ -1,6 +1,12 @@
 """Rule script `evaluate`: one model x benchmark x view -> per-item JSONL (r2i.evaluation)."""
 
+import sys
 from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parent))  # scripts/ (Snakemake appends it too)
+from _checkout import use_checkout
+
+use_checkout(__file__)  # the r2i library from this checkout, in any env or container
 
 from r2i.evaluation import EvalSettings, Sampling, ZoomSettings, evaluate_view
 from r2i.synthesis.entry import setup_logging

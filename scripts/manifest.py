@@ -4,6 +4,14 @@ A shard list is rewritten only when its content changes, so only shards whose im
 rerun downstream.
 """
 
+import sys
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parent))  # scripts/ (Snakemake appends it too)
+from _checkout import use_checkout
+
+use_checkout(__file__)  # the r2i library from this checkout, in any env or container
+
 from r2i.manifest import build_manifest
 from r2i.synthesis.entry import setup_logging
 

@@ -1,7 +1,13 @@
 """Rule scripts `report_*`: report figures, gallery, cost and run facts (r2i.report)."""
 
 import subprocess
+import sys
 from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parent))  # scripts/ (Snakemake appends it too)
+from _checkout import use_checkout
+
+use_checkout(__file__)  # the r2i library from this checkout, in any env or container
 
 from r2i.report import facts, figures, gallery
 from r2i.synthesis.entry import setup_logging

@@ -1,5 +1,13 @@
 """Rule script `tiny_vlm`: a tiny randomly initialised Qwen-VL directory (test double)."""
 
+import sys
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parent))  # scripts/ (Snakemake appends it too)
+from _checkout import use_checkout
+
+use_checkout(__file__)  # the r2i library from this checkout, in any env or container
+
 from r2i.evaluation.attention import require_backend
 from r2i.synthesis.entry import setup_logging
 from r2i.toy.tiny_vlm import build_tiny_vlm

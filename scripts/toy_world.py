@@ -3,6 +3,14 @@
 The toy world and the simulated models built on it are test doubles and the offline demo.
 """
 
+import sys
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parent))  # scripts/ (Snakemake appends it too)
+from _checkout import use_checkout
+
+use_checkout(__file__)  # the r2i library from this checkout, in any env or container
+
 from r2i.synthesis.entry import setup_logging
 from r2i.toy.world import generate_world, size_params
 

@@ -12,6 +12,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.append(str(Path(__file__).resolve().parent))  # scripts/ (Snakemake appends it too)
+from _checkout import use_checkout
+
+use_checkout(__file__)  # the r2i library from this checkout, in any env or container
+
 from r2i.io import atomic_path
 from r2i.train.launch import check_gpus, multinode_script, single_node_command
 

@@ -104,14 +104,18 @@ def free_port() -> int:
 class SimServer:
     """A simulator process started by the test itself, so the test can read its request counters."""
 
-    def __init__(self, world: Path, log: Path, *, latency: float = 0.002, max_concurrency: int = 0) -> None:
+    def __init__(self, world: Path | None, log: Path, *, latency: float = 0.002,
+                 max_concurrency: int = 0, extra: tuple[str, ...] = ()) -> None:
+        """``world=None``: the echo brain (no toy world), for client-level tests; ``extra``:
+        more ``r2i-sim-server`` flags (faults, jitter)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log, "w")  # noqa: SIM115
+        brain = ["--world", str(world), "--teacher-error-rate", "0.1"] if world is not None else []
         self.proc = subprocess.Popen(
             [str(BIN / "r2i-sim-server"), "--host", "127.0.0.1", "--port", str(self.port),
-             "--world", str(world), "--latency", str(latency), "--teacher-error-rate", "0.1", "--seed", "0",
-             "--api-key-env", "R2I_TEST_API_KEY", "--max-concurrency", str(max_concurrency)],
+             *brain, "--latency", str(latency), "--seed", "0",
+             "--api-key-env", "R2I_TEST_API_KEY", "--max-concurrency", str(max_concurrency), *extra],
             stdout=self._log, stderr=subprocess.STDOUT, env=env(),
         )  # fmt: skip
         if not wait_for(self._healthy, 60, self.proc):

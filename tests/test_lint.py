@@ -30,6 +30,5 @@ def test_dry_run_lists_stage_rules():
     res = _run(str(BIN / "snakemake"), "-n", "--forceall")
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
-    for rule in ("toy_world", "pool_signature", "manifest", "objects", "crops", "questions",
-                 "answers", "mcq", "difficulty", "dataset"):
+    for rule in ("toy_world", "pool_signature", "manifest", "synthesize", "dataset"):
         assert rule in out

@@ -194,7 +194,7 @@ def test_shard_records_partition() -> None:
     assert sorted(r.sha256 for p in parts for r in p) == sorted(r.sha256 for r in records)  # type: ignore[type-var]
     for s, part in enumerate(parts):
         assert [r.sha256 for r in part] == sorted(r.sha256 for r in part)  # type: ignore[type-var]
-        assert all(shard_of(r.sha256, 3) == s for r in part)  # type: ignore[arg-type]
+        assert all(shard_of(r, 3) == s for r in part)
     assert shard_of("ff", 4) == 255 % 4
     with pytest.raises(ValueError):
         shard_records(records, 3, 3)
@@ -225,7 +225,7 @@ def test_adding_an_image_changes_exactly_one_shard(pools: dict[str, str], tmp_pa
     after_records = scan_pools(pools, min_side=MIN, workers=1)
     new_rec = by_key(after_records)["b/new_image.png"]
     assert new_rec.kept and new_rec.abs_path == str(new)
-    target = shard_of(new_rec.sha256, n)  # type: ignore[arg-type]
+    target = shard_of(new_rec, n)
     changed = write_shard_lists(after_records, n, shard_dir)
     assert changed == {i: i == target for i in range(n)}
     after = snapshot(shard_dir, n)

@@ -23,16 +23,20 @@ Decisions (documented here because downstream stages and the funnel report rely 
   that :func:`r2i.images.load_image` decodes and whose width AND height are > ``min_side``.
 * **Duplicates**: identical bytes (same sha256) anywhere in any pool: the first kept one in scan
   order is kept, later ones are dropped as ``duplicate`` with ``duplicate_of`` naming the first.
-* **Shards**: ``shard = int(sha256, 16) % n_shards``, a function of the content only, so adding or
-  removing an image changes only that image's shard, and renaming a folder moves nothing.
-  :func:`write_shard_lists` rewrites a shard file only when its content changes, keeping the mtime
-  of unchanged shards so Snakemake does not rerun them.
+* **Shards**: ``shard = sha256(pool + NUL + rel_path) mod n_shards``, a function of where the
+  image is (:func:`shard_of`), not of its bytes: editing an image keeps it in its shard, so only
+  that shard reruns (a content-addressed shard would move it to another shard and rerun two),
+  and adding or removing an image changes only its own shard. Renaming moves the image (like
+  removing it and adding it). :func:`write_shard_lists` rewrites a shard file only when its
+  content changes, keeping the mtime of unchanged shards so Snakemake does not rerun them; a
+  touched file with the same bytes changes nothing.
 * **Incremental**: with ``state_dir``, per-file verdicts are reused while a file's size and mtime
   (and the scan settings) are unchanged; dropping ``state_dir`` just means a full rescan.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -469,18 +473,22 @@ def summarize(records: Sequence[ImageRecord]) -> dict[str, Any]:
     }
 
 
-def shard_of(sha256: str, n_shards: int) -> int:
-    """Content-addressed shard index: ``int(sha256, 16) % n_shards``."""
+def shard_of(record: ImageRecord | str, n_shards: int) -> int:
+    """Shard index of a record (from its pool and relative path), or of a hex digest string."""
     if n_shards < 1:
         raise ValueError(f"n_shards must be >= 1, got {n_shards}")
-    return int(sha256, 16) % n_shards
+    if isinstance(record, ImageRecord):
+        digest = hashlib.sha256(f"{record.pool}\0{record.rel_path}".encode()).hexdigest()
+    else:
+        digest = record
+    return int(digest, 16) % n_shards
 
 
 def shard_records(records: Iterable[ImageRecord], shard: int, n_shards: int) -> list[ImageRecord]:
     """Kept records of one shard, sorted by hash (the order shard files list them in)."""
     if not 0 <= shard < n_shards:
         raise ValueError(f"shard must be in [0, {n_shards}), got {shard}")
-    out = [r for r in records if r.kept and r.sha256 and shard_of(r.sha256, n_shards) == shard]
+    out = [r for r in records if r.kept and r.sha256 and shard_of(r, n_shards) == shard]
     out.sort(key=lambda r: r.sha256 or "")
     return out
 
@@ -524,7 +532,7 @@ def write_shard_lists(
     groups: dict[int, list[ImageRecord]] = {i: [] for i in range(n_shards)}
     for r in records:
         if r.kept and r.sha256:
-            groups[shard_of(r.sha256, n_shards)].append(r)
+            groups[shard_of(r, n_shards)].append(r)
     changed: dict[int, bool] = {}
     for i, rs in groups.items():
         rs.sort(key=lambda r: r.sha256 or "")

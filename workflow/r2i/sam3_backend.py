@@ -49,7 +49,7 @@ class Sam3Segmenter:
         except ImportError as err:  # pragma: no cover - depends on the GPU env
             raise ImportError(
                 "segmenter.backend is 'sam3' but the sam3 package is not importable; use the "
-                "segmentation env (envs/segmentation.yaml) or its container"
+                "gpu env (envs/gpu.yaml, --sdm conda) or its image (envs/gpu.def, --sdm apptainer)"
             ) from err
         kwargs: dict[str, Any] = {"checkpoint_path": checkpoint, "device": device, "load_from_HF": False}
         if bpe_path:

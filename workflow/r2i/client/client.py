@@ -26,19 +26,29 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from .cache import CallCache, cache_key_from_json, canonical_json
 from .config import EndpointConfig, normalize_base_url
 from .errors import ModelCallError, api_key_from_env, redact
 from .messages import seed_for, summarize_messages
-from .stats import ClientStats
+from .slots import SharedSlots
+from .stats import ClientStats, StatsSink
+
+if TYPE_CHECKING:  # aiohttp is imported on the first request (see _aiohttp)
+    import aiohttp
 
 __all__ = ["ChatResult", "ModelClient"]
+
+
+def _aiohttp() -> Any:
+    """aiohttp, imported on first use: importing it creates TLS contexts (~0.3 s of CPU per
+    process), which a job whose calls all come from the cache never needs."""
+    import aiohttp
+
+    return aiohttp
 
 log = logging.getLogger("r2i.client")
 
@@ -215,8 +225,13 @@ class ModelClient:
     """Client for one endpoint; see the module docstring for the retry and key policy.
 
     ``base_url`` overrides ``cfg.base_url`` (it is what :func:`open_endpoint` yields, needed for
-    launched endpoints). ``cache`` is optional; without it every call is sent. ``stats`` may be
-    shared between clients. ``trust_env`` lets aiohttp use ``HTTP(S)_PROXY`` variables (off by
+    launched endpoints). Instead of a URL, ``resolve_url`` may be given: an async function called
+    once, on the first call that is not answered from the cache, that returns the URL (e.g. by
+    launching the server). A job whose calls are all cached therefore starts no server.
+    ``cache`` is optional; without it every call is sent. ``stats`` may be shared between
+    clients; calls are also counted in the :class:`~r2i.client.stats.StatsSink` of the calling
+    task (per-stage figures). ``shared_slots`` bounds requests in flight across processes (see
+    :mod:`r2i.client.slots`). ``trust_env`` lets aiohttp use ``HTTP(S)_PROXY`` variables (off by
     default so loopback servers are never routed through a cluster proxy).
     """
 
@@ -227,28 +242,65 @@ class ModelClient:
         cache: CallCache | None = None,
         stats: ClientStats | None = None,
         *,
+        resolve_url: Callable[[], Awaitable[str]] | None = None,
+        shared_slots: SharedSlots | None = None,
         trust_env: bool = False,
     ) -> None:
-        base = base_url if base_url is not None else cfg.base_url
-        if base is None:
+        base = base_url if base_url is not None or resolve_url is not None else cfg.base_url
+        if base is None and resolve_url is None:
             raise ValueError(
                 f"endpoint {cfg.name!r} is launched: pass the base_url yielded by open_endpoint"
+                " (or a resolve_url function)"
             )
         self.cfg = cfg
-        self.base_url = normalize_base_url(base)
+        self.base_url: str | None = normalize_base_url(base) if base is not None else None
+        self._resolve_url = resolve_url
+        self._url_lock: asyncio.Lock | None = None
+        self._url_error: BaseException | None = None
         self.cache = cache
         self.stats = stats if stats is not None else ClientStats()
-        self._url = f"{self.base_url}/v1/chat/completions"
+        self._sink = StatsSink(self)
+        self._url = f"{self.base_url}/v1/chat/completions" if self.base_url else ""
+        self._slots = shared_slots
         self._trust_env = trust_env
         self._session: aiohttp.ClientSession | None = None
         self._sem: asyncio.Semaphore | None = None
         self._gate: asyncio.Semaphore | None = None
         self._closed = False
-        self._timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
+        self._timeout: aiohttp.ClientTimeout | None = None
         # key -> (future followers wait on, the leader's task)
         self._inflight: dict[str, tuple[asyncio.Future[ChatResult], asyncio.Task[Any]]] = {}
         # Jitter only; it need not be reproducible (results do not depend on it).
         self._rng = random.Random()
+        #: chat() calls entered and not yet returned (waiting, in flight or backing off)
+        self.pending = 0
+
+    @property
+    def started(self) -> bool:
+        """Whether the endpoint's URL is known (for a lazily launched one: it was started)."""
+        return self.base_url is not None
+
+    async def _ensure_url(self) -> str:
+        """The chat URL; resolves (launches) the endpoint on first use, once."""
+        if self._url:
+            return self._url
+        if self._url_error is not None:
+            raise self._url_error
+        if self._url_lock is None:
+            self._url_lock = asyncio.Lock()
+        async with self._url_lock:
+            if not self._url:
+                if self._url_error is not None:
+                    raise self._url_error
+                assert self._resolve_url is not None
+                try:
+                    base = await self._resolve_url()
+                except Exception as exc:
+                    self._url_error = exc
+                    raise
+                self.base_url = normalize_base_url(base)
+                self._url = f"{self.base_url}/v1/chat/completions"
+        return self._url
 
     def __repr__(self) -> str:
         return (
@@ -274,10 +326,14 @@ class ModelClient:
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
+        if self._slots is not None:
+            self._slots.close()
 
     def _get_session(self) -> aiohttp.ClientSession:
         # Created lazily: an aiohttp session must be created inside the running event loop.
         if self._session is None or self._session.closed:
+            aiohttp = _aiohttp()
+            self._timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
             connector = aiohttp.TCPConnector(
                 limit=self.cfg.max_concurrency, limit_per_host=0, ttl_dns_cache=300
             )
@@ -323,14 +379,18 @@ class ModelClient:
         # so slow cache writes or waiting for a duplicate never block other calls' admission.
         if self._closed:
             raise RuntimeError(f"ModelClient for endpoint {self.cfg.name!r} is closed")
-        gate = self._get_gate()
-        await gate.acquire()
-        token = _GateToken(gate)
+        self.pending += 1
         try:
-            return await self._chat(model, messages, n, seed, temperature, top_p, max_tokens,
-                                    extra, token)
+            gate = self._get_gate()
+            await gate.acquire()
+            token = _GateToken(gate)
+            try:
+                return await self._chat(model, messages, n, seed, temperature, top_p,
+                                        max_tokens, extra, token)
+            finally:
+                token.release()
         finally:
-            token.release()
+            self.pending -= 1
 
     async def _chat(
         self,
@@ -351,7 +411,7 @@ class ModelClient:
             clash = _CORE_FIELDS.intersection(ext)
             if clash:
                 raise ValueError(f"extra must not override core request fields {sorted(clash)}")
-        self.stats.calls += 1
+        self._sink.add(calls=1)
         # Serialised once: the same bytes feed the cache key and the request body, which matters
         # when messages carry megabytes of inline images.
         msgs = messages if isinstance(messages, list) else list(messages)
@@ -368,8 +428,8 @@ class ModelClient:
                 *(self._chat_one(req.with_sample(seed + i), token) for i in range(n))
             )
         except ModelCallError as exc:
-            self.stats.errors += 1
-            self.stats.errors_by_reason[exc.reason.split(":", 1)[0]] += 1
+            self._sink.add(errors=1)
+            self._sink.reason("errors_by_reason", exc.reason.split(":", 1)[0])
             raise
         return ChatResult(
             texts=[t for p in parts for t in p.texts],
@@ -397,7 +457,7 @@ class ModelClient:
             if entry is None:
                 break
             fut = entry[0]
-            self.stats.dedup_hits += 1
+            self._sink.add(dedup_hits=1)
             token.release()
             try:
                 # shield: a cancelled follower must not cancel the leader's shared future.
@@ -406,7 +466,7 @@ class ModelClient:
                 task = asyncio.current_task()
                 cancelling = getattr(task, "cancelling", lambda: 0)()
                 if fut.cancelled() and not cancelling and not self._closed:
-                    self.stats.dedup_hits -= 1
+                    self._sink.add(dedup_hits=-1)
                     continue  # the leader was cancelled, not us: become the leader
                 raise
         loop = asyncio.get_running_loop()
@@ -434,9 +494,13 @@ class ModelClient:
         if self.cache is not None:
             rec = await self.cache.aget(key)
             if rec is not None and len(rec["texts"]) == req.n:
-                self.stats.cache_hits += 1
                 usage = rec.get("usage") or {}
-                self.stats.add_cached(usage, float(rec.get("latency_s", 0.0)))
+                self._sink.add(
+                    cache_hits=1,
+                    cached_prompt_tokens=int(usage.get("prompt_tokens", 0) or 0),
+                    cached_completion_tokens=int(usage.get("completion_tokens", 0) or 0),
+                    cached_latency_s=float(rec.get("latency_s", 0.0)),
+                )
                 return ChatResult(
                     texts=list(rec["texts"]),
                     cached=True,
@@ -450,15 +514,23 @@ class ModelClient:
         api_key = api_key_from_env(self.cfg.api_key_env, self.cfg.name, req.model)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
 
+        url = await self._ensure_url()
         async with self._get_sem():
             token.release()
-            texts, usage, resp_model, latency, attempts = await self._send(
-                req.model, req.body(), headers, req.n, api_key
-            )
-        self.stats.completed += 1
-        self.stats.prompt_tokens += usage.get("prompt_tokens", 0)
-        self.stats.completion_tokens += usage.get("completion_tokens", 0)
-        self.stats.total_latency_s += latency
+            slot = await self._slots.acquire() if self._slots is not None else None
+            try:
+                texts, usage, resp_model, latency, attempts = await self._send(
+                    url, req.model, req.body(), headers, req.n, api_key
+                )
+            finally:
+                if slot is not None and self._slots is not None:
+                    self._slots.release(slot)
+        self._sink.add(
+            completed=1,
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+            total_latency_s=latency,
+        )
         if self.cache is not None:
             record = {
                 "texts": texts,
@@ -497,6 +569,7 @@ class ModelClient:
 
     async def _send(
         self,
+        url: str,
         model: str,
         payload: bytes,
         headers: dict[str, str] | None,
@@ -505,16 +578,17 @@ class ModelClient:
     ) -> tuple[list[str], dict[str, int], str | None, float, int]:
         """POST ``payload`` until a valid completion arrives or retries are exhausted."""
         cfg = self.cfg
+        aiohttp = _aiohttp()
         session = self._get_session()
         t0 = time.perf_counter()
         attempt = 0
         while True:
             attempt += 1
-            self.stats.requests_sent += 1
+            self._sink.add(requests_sent=1)
             retry_after: float | None = None
             try:
                 async with session.post(
-                    self._url, data=payload, headers=headers, timeout=self._timeout
+                    url, data=payload, headers=headers, timeout=self._timeout
                 ) as resp:
                     raw = await resp.read()
                     status = resp.status
@@ -522,7 +596,7 @@ class ModelClient:
                         texts, usage, resp_model = _parse_completion(raw, n)
                         return texts, usage, resp_model, time.perf_counter() - t0, attempt
                     if status == 429:
-                        self.stats.throttled += 1
+                        self._sink.add(throttled=1)
                         reason = "http_429"
                         detail = "throttled by server"
                         retry_after = _retry_after_s(resp.headers.get("Retry-After"))
@@ -545,8 +619,8 @@ class ModelClient:
                 log.warning("endpoint=%s model=%s giving up after %d attempts: %s (%s)",
                             cfg.name, model, attempt, reason, detail)
                 raise ModelCallError(cfg.name, model, f"{reason}: {detail}", attempt) from None
-            self.stats.retries += 1
-            self.stats.retries_by_reason[reason] += 1
+            self._sink.add(retries=1)
+            self._sink.reason("retries_by_reason", reason)
             cap = min(cfg.backoff_max_s, cfg.backoff_base_s * (2 ** (attempt - 1)))
             delay = self._rng.uniform(0.0, cap)  # full jitter
             if retry_after is not None:

@@ -1,16 +1,46 @@
 """Counters for one or more :class:`~r2i.client.ModelClient` instances.
 
 Plain counters (no locks) because every client runs on one asyncio event loop; pass the same
-:class:`ClientStats` to several clients to aggregate them.
+:class:`ClientStats` to several clients to aggregate them. :func:`count_into` adds further
+counters for the calls made inside a block (and the tasks it starts): one job that runs several
+synthesis stages at once keeps per-stage figures that way, while the client's own
+:class:`ClientStats` still sums everything.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["ClientStats"]
+__all__ = ["ClientStats", "StatsSink", "count_into"]
+
+_EXTRA: ContextVar[tuple[ClientStats, ...]] = ContextVar("r2i_stats_sinks", default=())
+
+
+@contextlib.contextmanager
+def count_into(*stats: ClientStats) -> Iterator[None]:
+    """Count the calls made in this block (and in tasks created inside it) into ``stats`` too.
+
+    Tasks copy the current context when they are created, so a stage that starts its item tasks
+    inside the block has them counted even after the block is left.
+    """
+    token = _EXTRA.set(_EXTRA.get() + tuple(stats))
+    try:
+        yield
+    finally:
+        _EXTRA.reset(token)
+
+
+def current_sinks() -> tuple[ClientStats, ...]:
+    return _EXTRA.get()
+
+
+class _HasStats(Protocol):
+    stats: ClientStats
 
 
 @dataclass
@@ -80,3 +110,26 @@ class ClientStats:
             "cached_completion_tokens": self.cached_completion_tokens,
             "cached_latency_s": round(self.cached_latency_s, 6),
         }
+
+
+class StatsSink:
+    """Adds to the owner's :class:`ClientStats` and to those of :func:`count_into` in effect."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: _HasStats | ClientStats) -> None:
+        self._owner = owner
+
+    def _targets(self) -> list[ClientStats]:
+        own = self._owner if isinstance(self._owner, ClientStats) else self._owner.stats
+        extra = _EXTRA.get()
+        return [own, *(s for s in extra if s is not own)]
+
+    def add(self, **amounts: float) -> None:
+        for st in self._targets():
+            for name, value in amounts.items():
+                setattr(st, name, getattr(st, name) + value)
+
+    def reason(self, counter: str, key: str) -> None:
+        for st in self._targets():
+            getattr(st, counter)[key] += 1

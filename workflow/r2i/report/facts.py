@@ -69,9 +69,13 @@ def collect_cost(stats_paths: Iterable[str | Path], funnel_json: str | Path) -> 
     """Sum the shards' ``<stage>.stats.json`` per stage; per-kept-item figures use the number of
     items in the final dataset (all splits)."""
     acc: dict[str, dict[str, Any]] = defaultdict(lambda: defaultdict(float))
+    job_seconds: dict[str, float] = {}  # per shard: the synthesis job's run time
     for p in stats_paths:
         st = read_json(p)
         stage = st.get("stage") or Path(p).name.split(".")[0]
+        if "job_seconds" in st:
+            shard = Path(p).parent.name
+            job_seconds[shard] = max(job_seconds.get(shard, 0.0), float(st["job_seconds"] or 0.0))
         a = acc[stage]
         calls = st.get("calls") or {}
         a["shards"] += 1
@@ -104,6 +108,10 @@ def collect_cost(stats_paths: Iterable[str | Path], funnel_json: str | Path) -> 
     for k in ("calls", "requests", "cache_hits", "retries", "throttled", "errors",
               "prompt_tokens", "completion_tokens", "model_seconds", "wall_seconds"):
         totals[k] = sum(s.get(k, 0) for s in stages)
+    if job_seconds:
+        # The stages of a shard run at once in one job: their spans overlap, so the total is the
+        # jobs' run time, not the sum of the stages'.
+        totals["wall_seconds"] = round(sum(job_seconds.values()), 3)
     for k, name in (("calls", "calls_per_kept_item"), ("model_seconds",
                                                         "model_seconds_per_kept_item"),
                     ("wall_seconds", "wall_seconds_per_kept_item")):
@@ -131,8 +139,10 @@ def write_cost(cost: Mapping[str, Any], json_out: str | Path, html_out: str | Pa
         "<i>requests</i> counts HTTP requests including retries; <i>cache_hits</i> are calls "
         "answered from the call cache (a rerun sends nothing). Tokens and <i>model_seconds</i> "
         "(summed call latencies; concurrent calls overlap) include what cached calls cost when "
-        "they were made, so they describe the dataset; <i>wall_seconds</i> is the stage jobs' "
-        "run time in this run.</p>"
+        "they were made, so they describe the dataset; <i>wall_seconds</i> is, per stage, the "
+        "time from its first item in to its last item out (summed over shards; the stages of a "
+        "shard overlap, they stream in one job), and in the total row the synthesis jobs' run "
+        "time in this run.</p>"
         + _table(cols, rows)
         + "<h3>Per kept training item</h3>"
         + _table(["kept items", "model calls", "tokens", "model seconds", "wall seconds"],

@@ -180,6 +180,24 @@ class SimServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.started = time.time()
+        # time-weighted occupancy (for benchmarks: mean requests in flight, idle time)
+        self._t_last = time.monotonic()
+        self.in_flight_seconds = 0.0  # integral of in_flight over time
+        self.busy_seconds = 0.0  # time with at least one request in flight
+        self._t_first: float | None = None
+        self._t_end: float | None = None
+
+    def _occupancy(self, delta: int) -> None:
+        now = time.monotonic()
+        dt = now - self._t_last
+        self.in_flight_seconds += self.in_flight * dt
+        if self.in_flight > 0:
+            self.busy_seconds += dt
+        self._t_last = now
+        self.in_flight += delta
+        if self._t_first is None:
+            self._t_first = now
+        self._t_end = now
 
     def stats(self) -> dict[str, Any]:
         """The JSON document served at ``GET /stats``."""
@@ -194,6 +212,10 @@ class SimServer:
             "auth": dict(self.auth),
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "in_flight_seconds": round(self.in_flight_seconds, 6),
+            "busy_seconds": round(self.busy_seconds, 6),
+            # from the first request that was admitted to the last one that finished
+            "window_seconds": round((self._t_end or 0.0) - (self._t_first or 0.0), 6),
             "since": self.started,
         }
 
@@ -272,12 +294,25 @@ class SimServer:
         if limit and self.in_flight >= limit:
             self.throttled += 1
             return _error(429, "server busy (simulated concurrency limit)", {"Retry-After": "0"})
-        self.in_flight += 1
+        self._occupancy(+1)
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             return await self._complete(body, model, pm)
         finally:
-            self.in_flight -= 1
+            self._occupancy(-1)
+
+    def _think(self, model: str, messages: Any, n: int, seed: Any,
+               params: dict[str, Any]) -> asyncio.Future[list[str]]:
+        loop = asyncio.get_running_loop()
+        if self._pool is not None:
+            return loop.run_in_executor(self._pool, self.brain.complete, model, messages, n, seed,
+                                        params)
+        fut: asyncio.Future[list[str]] = loop.create_future()
+        try:
+            fut.set_result(self.brain.complete(model, messages, n, seed, params))
+        except Exception as exc:
+            fut.set_exception(exc)
+        return fut
 
     async def _complete(self, body: dict[str, Any], model: str,
                         pm: Counter[str]) -> web.StreamResponse:
@@ -289,6 +324,17 @@ class SimServer:
         delay = s.latency
         if s.latency_jitter:
             delay = max(0.0, delay + self._jitter_rng.uniform(-s.latency_jitter, s.latency_jitter))
+        messages = body["messages"]
+        n = body.get("n", 1)
+        seed = body.get("seed")
+        params = {k: v for k, v in body.items() if k not in ("model", "messages", "n", "seed")}
+        # The brain works while the simulated latency runs (like a GPU server, whose compute is
+        # its latency): a reply takes max(latency, brain time), not their sum.
+        brain: asyncio.Future[list[str]] | None = None
+        if fault not in ("500", "timeout", "malformed"):
+            brain = self._think(model, messages, n, seed, params)
+            # a request cancelled during the delay must not leave an unretrieved error behind
+            brain.add_done_callback(lambda f: f.cancelled() or f.exception())
         if delay:
             await asyncio.sleep(delay)
         if fault == "500":
@@ -304,17 +350,9 @@ class SimServer:
             return web.Response(status=200, text="<html><body>upstream error (simulated)</body>"
                                 "</html>", content_type="text/html")
 
-        messages = body["messages"]
-        n = body.get("n", 1)
-        seed = body.get("seed")
-        params = {k: v for k, v in body.items() if k not in ("model", "messages", "n", "seed")}
         try:
-            if self._pool is not None:
-                texts = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self.brain.complete, model, messages, n, seed, params
-                )
-            else:
-                texts = self.brain.complete(model, messages, n, seed, params)
+            assert brain is not None
+            texts = await brain
             if len(texts) != n or not all(isinstance(t, str) for t in texts):
                 raise ValueError(f"brain returned {len(texts)} texts for n={n}")
         except Exception as exc:

@@ -7,6 +7,7 @@ carries an ``<image>`` placeholder), ``images`` (embedded bytes), ``ability``,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -67,8 +68,39 @@ def pixel_sha256(data: bytes | str | Path) -> str | None:
     return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
 
 
-def benchmark_hashes(benchmarks: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, set[str]]]:
+class PixelHashes:
+    """Pixel hashes by file-byte hash, remembered across runs (``path``: a JSON file) and within
+    one: a benchmark repeats each full image in every row that asks about it, and the pool images
+    are the same from one dataset job to the next, so each distinct image is decoded once ever."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path else None
+        self._map: dict[str, str | None] = {}
+        self._dirty = False
+        if self.path is not None:
+            try:
+                loaded = json.loads(self.path.read_text(encoding="utf-8"))
+                if isinstance(loaded, dict):
+                    self._map = {str(k): v for k, v in loaded.items() if v is None or isinstance(v, str)}
+            except (OSError, ValueError):
+                pass  # absent or damaged: a miss, rebuilt below
+
+    def get(self, file_sha: str, data: bytes | str | Path) -> str | None:
+        if file_sha not in self._map:
+            self._map[file_sha] = pixel_sha256(data)
+            self._dirty = True
+        return self._map[file_sha]
+
+    def save(self) -> None:
+        if self.path is not None and self._dirty:
+            with contextlib.suppress(OSError):  # only a cache
+                atomic_write_text(self.path, json.dumps(self._map, sort_keys=True))
+
+
+def benchmark_hashes(benchmarks: Mapping[str, Mapping[str, Any]],
+                     pixels_memo: PixelHashes | None = None) -> dict[str, dict[str, set[str]]]:
     """Per benchmark: the file-byte and pixel hashes of every image it contains."""
+    memo = pixels_memo if pixels_memo is not None else PixelHashes()
     out: dict[str, dict[str, set[str]]] = {}
     for name, spec in benchmarks.items():
         path = Path(spec["path"])
@@ -87,8 +119,9 @@ def benchmark_hashes(benchmarks: Mapping[str, Mapping[str, Any]]) -> dict[str, d
                 for cell in table.column(col).to_pylist():
                     data = cell.get("bytes") if isinstance(cell, dict) else cell
                     if isinstance(data, bytes):
-                        files.add(hashlib.sha256(data).hexdigest())
-                        px = pixel_sha256(data)
+                        fsha = hashlib.sha256(data).hexdigest()
+                        files.add(fsha)
+                        px = memo.get(fsha, data)
                         if px:
                             pixels.add(px)
         else:
@@ -98,8 +131,9 @@ def benchmark_hashes(benchmarks: Mapping[str, Mapping[str, Any]]) -> dict[str, d
                 for img in item.get("images", []):
                     p = Path(img) if Path(img).is_absolute() else root / img
                     if p.exists():
-                        files.add(file_sha256(p))
-                        px = pixel_sha256(p)
+                        fsha = file_sha256(p)
+                        files.add(fsha)
+                        px = memo.get(fsha, p)
                         if px:
                             pixels.add(px)
         out[name] = {"files": files, "pixels": pixels}
@@ -262,7 +296,10 @@ def gather(
     out_card: str | Path,
     out_funnel: str | Path,
     out_contamination: str | Path,
+    pixel_hashes: str | Path | None = None,
 ) -> dict[str, Any]:
+    """Build the dataset (see the module docstring). ``pixel_hashes``: a JSON file remembering
+    decoded-pixel hashes between runs (the contamination check's cost)."""
     tables: dict[str, list[Row]] = {}
     for stage in stages:
         rows: list[Row] = []
@@ -271,17 +308,16 @@ def gather(
         tables[stage] = rows
     final = [r for r in tables[stages[-1]] if r.kept]
 
-    bench = benchmark_hashes(benchmarks)
+    memo = PixelHashes(pixel_hashes)
+    bench = benchmark_hashes(benchmarks, memo)
     contaminated: list[dict[str, str]] = []
     clean: list[Row] = []
-    pixel_cache: dict[str, str | None] = {}
     for r in final:
-        h = r.record["image_hash"]
-        if h not in pixel_cache:
-            pixel_cache[h] = pixel_sha256(r.record["image_path"]) if Path(r.record["image_path"]).exists() else None
+        h = r.record["image_hash"]  # the sha256 of the source file's bytes (manifest)
+        px = memo.get(h, r.record["image_path"]) if Path(r.record["image_path"]).exists() else None
         hit = [
             name for name, hs in bench.items()
-            if h in hs["files"] or (pixel_cache[h] is not None and pixel_cache[h] in hs["pixels"])
+            if h in hs["files"] or (px is not None and px in hs["pixels"])
         ]  # fmt: skip
         if hit:
             contaminated.append({"item_id": r.item_id, "image_hash": h, "benchmarks": ",".join(hit)})
@@ -302,6 +338,7 @@ def gather(
     for r in sorted(clean, key=lambda x: x.item_id):
         split = item_split[r.item_id]
         out[split].append(to_verl_row(r, len(out[split]), split, fmt, settings))
+    memo.save()
     write_verl_parquet(out_train, out["train"])
     write_verl_parquet(out_val, out["val"])
 

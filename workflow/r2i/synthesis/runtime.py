@@ -1,11 +1,13 @@
 """What every model-backed stage needs at run time.
 
-* :class:`ModelSet` opens each configured endpoint once (launching a server when the config says
-  so), shares one client per endpoint between the roles that use it, and encodes images once.
+* :class:`ModelSet` opens each configured endpoint once, shares one client per endpoint between
+  the roles that use it, and encodes each image once. With ``lazy=True`` (the synthesis job) an
+  endpoint is only reached, and a ``launch`` endpoint only started, when the first call misses
+  the cache: a rerun whose calls are all cached starts no server. Requests to a standing
+  ``base_url`` endpoint count against a limit shared by every job on the machine
+  (:mod:`r2i.client.slots`).
+* :class:`OnceMemo` is the thread-safe, single-flight memo behind the image encodings.
 * :func:`run_items` processes items concurrently with progress (items done, rate, ETA) in the log.
-* :func:`stage_main` is the common body of a stage script: run, collect rows, record stats, and
-  fail at the end (never in the middle) if some items hit a persistent model error, so that
-  finished items stay in the call cache and a rerun only redoes the failed ones.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import dataclasses
 import hashlib
 import io
 import logging
+import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from PIL import Image
 
@@ -33,14 +37,87 @@ from r2i.client import (
     ModelClient,
     open_endpoint,
 )
+from r2i.client.slots import SharedSlots, slot_dir_for
 from r2i.images import decode_image, encode_png, resize_to_max_pixels, to_data_url
 
 log = logging.getLogger("r2i.stage")
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 _ENDPOINT_FIELDS = {f.name for f in dataclasses.fields(EndpointConfig)}
+
+
+class _Pending:
+    __slots__ = ("error", "event", "value")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class OnceMemo(Generic[K, V]):
+    """A bounded, thread-safe memo that computes each key once, even under concurrent misses.
+
+    The first caller of a missing key computes it; callers of the same key that arrive meanwhile
+    wait for that result instead of computing it again (encoding a full image six times over was
+    most of a stage's CPU). Entries are evicted least-recently-used once their total ``size``
+    exceeds ``max_bytes`` or their number ``max_entries``; eviction happens under the lock, so
+    two threads can never evict the same entry. A failed computation is not stored: the error
+    goes to the callers that waited for it, and the next caller tries again.
+    """
+
+    def __init__(self, *, max_entries: int = 256, max_bytes: int = 512 << 20,
+                 size: Callable[[V], int] = lambda v: len(v)) -> None:  # type: ignore[arg-type]
+        self._lock = threading.Lock()
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._pending: dict[K, _Pending] = {}
+        self._bytes = 0
+        self._size = size
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self.computed = 0  # how many times a value was computed (tests, logs)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: K, compute: Callable[[], V]) -> V:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+            pending = self._pending.get(key)
+            owner = pending is None
+            if owner:
+                pending = self._pending[key] = _Pending()
+        assert pending is not None
+        if not owner:
+            pending.event.wait()
+            if pending.error is not None:
+                raise pending.error
+            return pending.value  # type: ignore[no-any-return]
+        try:
+            value = compute()
+        except BaseException as exc:
+            with self._lock:
+                self._pending.pop(key, None)
+            pending.error = exc
+            pending.event.set()
+            raise
+        with self._lock:
+            self.computed += 1
+            self._data[key] = value
+            self._bytes += self._size(value)
+            while len(self._data) > 1 and (len(self._data) > self.max_entries
+                                           or self._bytes > self.max_bytes):
+                _, old = self._data.popitem(last=False)
+                self._bytes -= self._size(old)
+            self._pending.pop(key, None)
+        pending.value = value
+        pending.event.set()
+        return value
 
 
 @dataclass
@@ -52,70 +129,118 @@ class Role:
 
 
 class ModelSet:
-    """The model roles a stage uses, opened together: ``async with ModelSet(...) as models``."""
+    """The model roles a job uses, opened together: ``async with ModelSet(...) as models``.
+
+    ``lazy=True`` defers reaching each endpoint to its first cache miss (see the module
+    docstring); ``slot_dir`` is where the cross-job request limits of ``base_url`` endpoints
+    live (default ``/tmp/r2i-slots-<uid>``; an endpoint with ``shared_limit: false`` opts out).
+    ``endpoint_log`` names the log file of a launched endpoint (``{name}`` is replaced by the
+    endpoint's name); default: ``<log_dir>/endpoint-<name>.log``.
+    """
 
     def __init__(
         self,
         roles: Mapping[str, Mapping[str, Any]],
         cache_dir: str | Path,
         log_dir: str | Path | None = None,
+        *,
+        lazy: bool = False,
+        slot_dir: str | Path | None = None,
+        endpoint_log: str | None = None,
     ) -> None:
         self._specs = dict(roles)
         self._cache = CallCache(cache_dir)
         self._log_dir = Path(log_dir) if log_dir else None
+        self._endpoint_log = endpoint_log
+        self._lazy = lazy
+        self._slot_dir = slot_dir
         self.stats = ClientStats()
         self.roles: dict[str, Role] = {}
         self._stack = AsyncExitStack()
-        self._url_cache: dict[tuple[str, int | None], str] = {}
+        self._clients: dict[str, ModelClient] = {}
+        self._urls: OnceMemo[tuple[str, int | None], str] = OnceMemo()
+        self._url_tasks: dict[tuple[str, int | None], asyncio.Future[str]] = {}
+        self.endpoints_started: list[str] = []
+
+    def _log_path(self, name: str) -> Path | None:
+        if self._endpoint_log:
+            return Path(self._endpoint_log.replace("{name}", name))
+        return self._log_dir / f"endpoint-{name}.log" if self._log_dir else None
+
+    async def _open(self, cfg: EndpointConfig) -> str:
+        """Enter the endpoint's context (launch / health check) for the rest of the job."""
+        base = await self._stack.enter_async_context(open_endpoint(cfg, log_path=self._log_path(cfg.name)))
+        self.endpoints_started.append(cfg.name)
+        return base
 
     async def __aenter__(self) -> ModelSet:
-        clients: dict[str, ModelClient] = {}
         try:
             for role, spec in self._specs.items():
+                raw = spec["endpoint_config"]
                 # Keys that only the workflow uses (e.g. the GPUs a launched server needs).
-                ep = {k: v for k, v in spec["endpoint_config"].items() if k in _ENDPOINT_FIELDS}
+                ep = {k: v for k, v in raw.items() if k in _ENDPOINT_FIELDS}
                 name = ep["name"]
-                if name not in clients:
+                if name not in self._clients:
                     cfg = EndpointConfig(**ep)
-                    log_path = self._log_dir / f"endpoint-{name}.log" if self._log_dir else None
-                    base_url = await self._stack.enter_async_context(
-                        open_endpoint(cfg, log_path=log_path)
-                    )
-                    client = ModelClient(cfg, base_url=base_url, cache=self._cache, stats=self.stats)
+                    slots = None
+                    if cfg.base_url is not None and raw.get("shared_limit", True):
+                        slots = SharedSlots(slot_dir_for(self._slot_dir, cfg.base_url),
+                                            cfg.max_concurrency, label=f"endpoint {name!r}")
+                    if self._lazy:  # base_url ones too: their health check waits for a miss
+                        client = ModelClient(cfg, base_url=None, cache=self._cache,
+                                             stats=self.stats,
+                                             resolve_url=lambda c=cfg: self._open(c),
+                                             shared_slots=slots)
+                    else:
+                        base_url = await self._open(cfg)
+                        client = ModelClient(cfg, base_url=base_url, cache=self._cache,
+                                             stats=self.stats, shared_slots=slots)
                     self._stack.push_async_callback(client.aclose)
-                    clients[name] = client
-                self.roles[role] = Role(role, spec["model"], clients[name], spec.get("max_image_pixels"))
+                    self._clients[name] = client
+                self.roles[role] = Role(role, spec["model"], self._clients[name],
+                                        spec.get("max_image_pixels"))
         except BaseException:
             await self._stack.aclose()
             raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        log.info("model calls: %s", self.stats.summary())
+        started = ", ".join(self.endpoints_started) or "none (every call was cached)"
+        log.info("model calls: %s; endpoints started: %s", self.stats.summary(), started)
+        # Close the clients (their keep-alive connections) before stopping launched servers,
+        # which would otherwise wait for those connections during their graceful shutdown.
+        for client in self._clients.values():
+            await client.aclose()
         await self._stack.aclose()
 
     def image_url(self, image: Image.Image | bytes, key: str, max_pixels: int | None) -> str:
         """Data URL of ``image`` (downscaled to ``max_pixels``), memoised by ``key``.
 
-        Encoded bytes (a stored crop or boxed image) are sent as they are when they fit the pixel
-        budget: no decode and re-encode per request.
+        Thread-safe, and each ``(key, max_pixels)`` is encoded once however many threads ask
+        for it at the same time. Encoded bytes (a stored crop or boxed image, a source file) are
+        sent as they are when they fit the pixel budget: no decode and re-encode per request.
         """
+        return self._urls.get((key, max_pixels), lambda: _data_url(image, key, max_pixels))
+
+    async def image_url_async(self, image: Image.Image | bytes, key: str,
+                              max_pixels: int | None) -> str:
+        """:meth:`image_url` from the event loop: one thread per distinct image, not per call."""
         k = (key, max_pixels)
-        url = self._url_cache.get(k)
-        if url is None:
-            if isinstance(image, bytes):
-                mime = "image/png" if image[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
-                if max_pixels is None or _pixels(image) <= max_pixels:
-                    url = to_data_url(image, mime)
-                else:
-                    image = decode_image(image, key)
-            if url is None:
-                img = resize_to_max_pixels(image, max_pixels) if max_pixels else image
-                url = to_data_url(encode_png(img, compress_level=1), "image/png")
-            if len(self._url_cache) > 64:
-                self._url_cache.pop(next(iter(self._url_cache)))
-            self._url_cache[k] = url
-        return url
+        task = self._url_tasks.get(k)
+        if task is None or (task.done() and task.exception() is not None):
+            task = asyncio.ensure_future(asyncio.to_thread(self.image_url, image, key, max_pixels))
+            self._url_tasks[k] = task
+            if len(self._url_tasks) > 4 * self._urls.max_entries:
+                for old in [x for x, t in self._url_tasks.items() if t.done()][: len(self._url_tasks) // 2]:
+                    del self._url_tasks[old]
+        return await asyncio.shield(task)
+
+    def pending_requests(self) -> int:
+        """Calls admitted by the clients but not finished (a measure of queued work)."""
+        return sum(c.pending for c in self._clients.values())
+
+    def total_concurrency(self) -> int:
+        return sum(c.cfg.max_concurrency for c in self._clients.values())
 
     async def chat(
         self,
@@ -133,7 +258,7 @@ class ModelSet:
         r = self.roles[role]
         content: list[dict[str, Any]] = []
         for key, img in images:
-            url = await asyncio.to_thread(self.image_url, img, key, r.max_image_pixels)
+            url = await self.image_url_async(img, key, r.max_image_pixels)
             content.append({"type": "image_url", "image_url": {"url": url}})
         content.append({"type": "text", "text": text})
         messages = [{"role": "user", "content": content}]
@@ -149,6 +274,24 @@ class ModelSet:
 
     def model_name(self, role: str) -> str:
         return self.roles[role].model
+
+
+def _data_url(image: Image.Image | bytes, key: str, max_pixels: int | None) -> str:
+    if isinstance(image, bytes):
+        mime = _mime(image)
+        if mime and (max_pixels is None or _pixels(image) <= max_pixels):
+            return to_data_url(image, mime)
+        image = decode_image(image, key)
+    img = resize_to_max_pixels(image, max_pixels) if max_pixels else image
+    return to_data_url(encode_png(img, compress_level=1), "image/png")
+
+
+def _mime(data: bytes) -> str | None:
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    return None
 
 
 def _pixels(data: bytes) -> int:
