@@ -151,7 +151,7 @@ def test_command_line_override_changes_one_key(training_jobs: list[DryRunJob]) -
 
 
 def test_job_wider_than_a_node_fails_when_the_dag_is_built(prod_wd: Path, tmp_path: Path) -> None:
-    """The 235B teacher launched in the jobs (8 GPUs) + SAM3 (1) does not fit an 8-GPU node."""
+    """The 235B teacher launched in the jobs (8 GPUs) + SAM3 and the rest do not fit 8 GPUs."""
     prod = yaml.safe_load(PRODUCTION.read_text())
     prod["endpoints"]["qwen3vl235b"] = {
         "launch": "vllm serve /models/Qwen3-VL-235B-A22B-Instruct --served-model-name "
@@ -167,7 +167,8 @@ def test_job_wider_than_a_node_fails_when_the_dag_is_built(prod_wd: Path, tmp_pa
                          timeout=300, check=False)  # fmt: skip
     out = res.stdout + res.stderr
     assert res.returncode != 0, out[-3000:]
-    assert "needs 9 GPUs" in out and "cluster.node.gpus" in out, out[-3000:]
+    assert "GPUs in one job, but a node has 8" in out and "cluster.node.gpus" in out, out[-3000:]
+    assert "endpoint 'qwen3vl235b' (launched" in out and "SAM3" in out, out[-3000:]
     assert "endpoints.qwen3vl235b.base_url" in out, out[-3000:]
     assert "Job stats" not in out  # failed before any job was planned
 

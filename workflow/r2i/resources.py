@@ -241,14 +241,21 @@ def check_needs(config: Mapping[str, Any], needs: JobNeeds) -> None:
     node_gpus = int(_node(config)["gpus"])
     if needs.gpus <= node_gpus:
         return
-    parts = "\n".join(f"    {u.gpus:>3}  {u.what}" for u in needs.uses)
-    fixes = [f"  - {u.fix}" for u in sorted(needs.uses, key=lambda u: -u.gpus) if u.fix]
+    uses = sorted(needs.uses, key=lambda u: -u.gpus)
+    parts = "\n".join(f"    {u.gpus:>3}  {u.what}" for u in uses)
+    # the fewest parts to move out of the job (largest first) that make it fit
+    fixes, left = [], needs.gpus
+    for u in uses:
+        if left <= node_gpus:
+            break
+        if u.fix:
+            fixes.append(f"  - {u.fix}")
+            left -= u.gpus
     fixes.append("  - or, if your nodes have more GPUs, set cluster.node.gpus")
     raise ResourceError(
         f"rule '{needs.rule}' needs {needs.gpus} GPUs in one job, but a node has {node_gpus} "
         f"(cluster.node.gpus) and a job runs on one node:\n{parts}\n"
-        f"Change the config so that the job needs at most {node_gpus} GPUs:\n"
-        + "\n".join(dict.fromkeys(fixes))
+        f"Change the config so that the job needs at most {node_gpus} GPUs:\n" + "\n".join(fixes)
     )
 
 
