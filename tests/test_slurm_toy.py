@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import REPO, dataset_rows, snakemake
+from tests.e2e import REPO, cache_entries, dataset_rows, snakemake
 from tests.slurm.harness import (
     SlurmCluster,
     run_snakemake_slurm,
@@ -126,9 +126,9 @@ def test_readme_cluster_command_runs_and_survives_scancel(
     # no model call is repeated, and the rows, images and answers are identical)
     local = tmp_path / "local"
     shutil.copytree(tmp_path / ".r2i-cache", local / ".r2i-cache")
-    calls_before = sum(1 for p in (local / ".r2i-cache").rglob("*") if p.is_file())
+    calls_before = cache_entries(local / ".r2i-cache")
     snakemake(local, "synthesis")
-    assert sum(1 for p in (local / ".r2i-cache").rglob("*") if p.is_file()) == calls_before
+    assert cache_entries(local / ".r2i-cache") == calls_before, "the local run made model calls"
     want = dataset_rows(local)
     assert rows.keys() == want.keys()
     for k, row in want.items():
