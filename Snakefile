@@ -68,3 +68,9 @@ for _name, _model in config["evaluation"]["attention"]["models"].items():
             f"evaluation.attention.models.{_name} is a training output ({_model['path']}): "
             "the default target trains and merges a model (rules train, merge)"
         )
+
+
+# Provenance after a kill: outputs of jobs that finished after Snakemake itself was killed have
+# no provenance record; they are marked incomplete, so they are rebuilt (from the call cache)
+# and recorded, and later settings changes rerun them (r2i.provenance).
+mark_outputs_without_provenance(workflow)

@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from r2i.config import ConfigError, validate_config
 from r2i.poolsig import update_pool_signature
+from r2i.provenance import mark_outputs_without_provenance
 from r2i.resources import ResourceError, evaluation_resources, job_resources
 from r2i.slurm_status import install as install_slurm_state_normaliser
 

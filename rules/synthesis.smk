@@ -60,7 +60,9 @@ checkpoint manifest:
         pools=config["pools"],
         settings=config["manifest"],
         shard_dir=RESULTS / "manifest" / "shards",
-        state_dir=RESULTS / "manifest" / "state",
+        # per-file verdicts by (size, mtime), kept with the call cache: deleting the results
+        # does not force every image to be decoded and hashed again
+        state_dir=Path(config["cache_dir"]) / "manifest-scan" / config["run"],
     script:
         "../scripts/manifest.py"
 

@@ -121,6 +121,55 @@ def _semantic_errors(config: Mapping[str, Any]) -> Iterator[str]:
     seg = config.get("segmenter") or {}
     if seg.get("backend") == "sam3" and not (seg.get("sam3") or {}).get("checkpoint"):
         yield "config key 'segmenter.sam3.checkpoint': required when segmenter.backend is 'sam3'"
+    yield from _contradictions(config)
+
+
+def _get(config: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _contradictions(config: Mapping[str, Any]) -> Iterator[str]:
+    """Pairs of settings that are each valid but cannot hold together; both keys are named.
+
+    Each would otherwise surface only deep inside a job (or never: an empty result, a filter
+    that silently does nothing), after the DAG has been planned and GPUs allocated.
+    """
+
+    def pair(low: str, high: str, why: str, *, strict: bool = True) -> Iterator[str]:
+        lo, hi = _get(config, low), _get(config, high)
+        if isinstance(lo, int | float) and isinstance(hi, int | float) and (
+            lo > hi if strict else lo >= hi
+        ):
+            yield (f"config keys '{low}' ({lo}) and '{high}' ({hi}) contradict each other: "
+                   f"{why}")
+
+    yield from pair("synthesis.objects.min_objects", "synthesis.objects.max_objects",
+                    "an image needs more objects than the teacher may list, so none yields any")
+    yield from pair("synthesis.difficulty.drop_if_correct_at_least", "synthesis.difficulty.samples",
+                    "the student cannot be right more often than it is sampled, so the "
+                    "difficulty filter would never drop anything")
+    for name in config.get("endpoints") or {}:
+        yield from pair(f"endpoints.{name}.backoff_base_s", f"endpoints.{name}.backoff_max_s",
+                        "the first retry delay is above the cap on all retry delays")
+    toy = config.get("toy_world") or {}
+    if toy.get("enabled"):
+        yield from pair("manifest.min_side", "toy_world.short_side",
+                        "every toy-world image has short_side pixels on its short side and the "
+                        "manifest keeps only images whose sides are all above min_side, so it "
+                        "would drop them all", strict=False)
+    train = config.get("train") or {}
+    if train.get("train_batch_size") and train.get("ppo_mini_batch_size"):
+        yield from pair("train.ppo_mini_batch_size", "train.train_batch_size",
+                        "an actor update cannot use more prompts than a rollout step has")
+    yield from pair("train.min_pixels", "train.max_pixels",
+                    "the image pixel range is empty")
+    yield from pair("train.tensor_parallel_size", "train.gpus_per_node",
+                    "a rollout engine cannot span more GPUs than a node has")
 
 
 def validate_config(config: dict[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -12,8 +12,13 @@ Design constraints and how they are met:
 * **Endpoint-independent keys**: the key hashes only what determines the model's answer (model,
   messages, sampling parameters, seed), not the base URL or port, so a relaunched server on a new
   port still hits the cache.
-* **Corruption is a miss**: an unreadable, partial or mismatching record is ignored (and later
-  overwritten by the fresh result), never a crash.
+* **Corruption is a miss**: without fsync a power loss can leave an entry empty, truncated or
+  with stale blocks. Every record carries a checksum (``check``: sha256 of the fields an answer
+  is built from: key, texts, usage, model, latency) and is verified when read: an empty,
+  truncated, unparseable, wrongly typed or mismatching record is logged, removed and treated as
+  absent, so the call is sent again and the fresh result rewrites the entry. Never a crash,
+  never a wrong answer. (Records written before checksums existed are accepted when they parse
+  and have the right shape.)
 
 Records hold the texts, usage, model, creation time, latency and a small request summary without
 image bytes or headers (so no credentials can ever be stored).
@@ -35,7 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = ["CallCache", "cache_key", "cache_key_from_json", "canonical_json", "filesystem_type",
-           "is_network_fs"]
+           "is_network_fs", "record_check"]
 
 log = logging.getLogger("r2i.client")
 T = TypeVar("T")
@@ -140,6 +145,37 @@ def is_network_fs(path: str | os.PathLike[str]) -> bool:
     return t is not None and t.split(".")[0] in _NETWORK_FS
 
 
+def record_check(rec: Mapping[str, Any]) -> str:
+    """Checksum of the parts of a record that a cached answer is built from."""
+    part = {k: rec.get(k) for k in ("key", "texts", "usage", "model", "latency_s")}
+    return hashlib.sha256(_cj(part)).hexdigest()[:32]
+
+
+def _record_problem(rec: Any, key: str) -> str | None:
+    """Why ``rec`` (a parsed record) cannot be used for ``key``; ``None`` if it can."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    if rec.get("key") != key:
+        return "key does not match the file name"
+    texts = rec.get("texts")
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        return "texts is not a list of strings"
+    usage = rec.get("usage")
+    if usage is not None and (
+        not isinstance(usage, dict)
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in usage.values())
+    ):
+        return "usage is not a mapping of token counts"
+    latency = rec.get("latency_s")
+    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, int | float)):
+        return "latency_s is not a number"
+    if rec.get("model") is not None and not isinstance(rec["model"], str):
+        return "model is not a string"
+    if "check" in rec and rec["check"] != record_check(rec):
+        return "checksum mismatch"
+    return None
+
+
 class CallCache:
     """Directory of completed calls, ``<dir>/<key[:2]>/<key>.json``.
 
@@ -177,6 +213,8 @@ class CallCache:
         self._made_dirs: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
         self._inline_samples: list[float] = []
+        #: Damaged records found (and removed) by this instance.
+        self.damaged = 0
 
     def __repr__(self) -> str:
         return f"CallCache({self._root!r})"
@@ -191,36 +229,48 @@ class CallCache:
 
     # -- synchronous API -------------------------------------------------------------------
     def get(self, key: str) -> dict[str, Any] | None:
-        """Return the stored record for ``key``, or ``None`` if absent or unusable."""
+        """Return the stored record for ``key``, or ``None`` if absent or damaged.
+
+        A damaged record (empty, truncated, not JSON, wrong shape, checksum mismatch) is logged
+        and removed, so it reads as absent and the next :meth:`put` writes a good one.
+        """
         p = self._path(key)
         try:
             with open(p, "rb") as fh:
                 raw = fh.read()
+                ino = os.fstat(fh.fileno()).st_ino
         except FileNotFoundError:
             return None
         except OSError as exc:  # e.g. a stale NFS handle: treat as a miss, the call is re-sent
             log.warning("cache read failed for %s (treated as miss): %s", p, exc)
             return None
+        if not raw:
+            return self._damaged(p, ino, "empty file")
         try:
             rec = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
-            log.warning("corrupt cache record %s (treated as miss, will be overwritten)", p)
-            return None
-        texts = rec.get("texts") if isinstance(rec, dict) else None
-        if (
-            not isinstance(rec, dict)
-            or rec.get("key") != key
-            or not isinstance(texts, list)
-            or not all(isinstance(t, str) for t in texts)
-        ):
-            log.warning("invalid cache record %s (treated as miss, will be overwritten)", p)
-            return None
-        return rec
+            return self._damaged(p, ino, f"not valid JSON ({len(raw)} bytes; truncated?)")
+        problem = _record_problem(rec, key)
+        if problem is not None:
+            return self._damaged(p, ino, problem)
+        return rec  # type: ignore[no-any-return]
+
+    def _damaged(self, path: str, ino: int, why: str) -> None:
+        self.damaged += 1
+        log.warning("damaged cache record %s: %s; treated as absent, removed, and rewritten "
+                    "when the call completes", path, why)
+        # Remove it only if it is still the file we read: another job may have just replaced
+        # it with a good record (rename), which must stay.
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == ino:
+                os.unlink(path)
+        return None
 
     def put(self, key: str, record: Mapping[str, Any]) -> str:
         """Atomically store ``record`` (must contain ``texts``) under ``key``; returns the path."""
         rec = dict(record)
         rec["key"] = key
+        rec["check"] = record_check(rec)
         data = json.dumps(rec, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         sub = f"{self._root}/{key[:2]}"
         if sub not in self._made_dirs:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cache import CallCache, cache_key_from_json, canonical_json
 from .config import EndpointConfig, normalize_base_url
-from .errors import ModelCallError, api_key_from_env, redact
+from .errors import ModelCallError, api_key_from_env, redact, redacted_excerpt
 from .messages import seed_for, summarize_messages
 from .slots import SharedSlots
 from .stats import ClientStats, StatsSink
@@ -602,9 +602,9 @@ class ModelClient:
                         retry_after = _retry_after_s(resp.headers.get("Retry-After"))
                     elif status >= 500 or status == 408:
                         reason = f"http_{status}"
-                        detail = raw[:200].decode("utf-8", "replace")
+                        detail = redacted_excerpt(raw, 200, api_key)
                     else:
-                        detail = redact(raw[:300].decode("utf-8", "replace"), api_key)
+                        detail = redacted_excerpt(raw, 300, api_key)
                         raise ModelCallError(cfg.name, model, f"http_{status}: {detail}", attempt)
             except _Malformed as exc:
                 reason, detail = "malformed", str(exc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["EndpointStartError", "ModelCallError", "redact"]
+__all__ = ["EndpointStartError", "ModelCallError", "redact", "redacted_excerpt"]
 
 # Things that look like bearer credentials. Used in addition to exact redaction of the known key,
 # because an error body may echo a key we never held (e.g. a proxy's own token).
@@ -19,18 +19,31 @@ _BEARER_RE = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{4,}")
 _MAX_REASON_CHARS = 500
 
 
-def redact(text: str, *secrets: str | None) -> str:
+def redact(text: str, *secrets: str | None, limit: int | None = _MAX_REASON_CHARS) -> str:
     """Remove ``secrets`` and anything shaped like ``Bearer <token>`` from ``text``.
 
-    Also truncates very long texts: reasons come from server bodies, which can be large.
+    Also truncates very long texts to ``limit`` characters (``None``: no cut), always *after*
+    redacting: reasons come from server bodies, which can be large, and cutting first could
+    split a key and leave its first part in the text.
     """
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[REDACTED]")
     text = _BEARER_RE.sub(r"\1[REDACTED]", text)
-    if len(text) > _MAX_REASON_CHARS:
-        text = text[:_MAX_REASON_CHARS] + "..."
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "..."
     return text
+
+
+def redacted_excerpt(body: bytes, limit: int, *secrets: str | None) -> str:
+    """The first ``limit`` characters of a response ``body``, redacted before it is cut.
+
+    Decodes (and redacts) only as much of the body as the excerpt can need: ``limit`` plus the
+    longest secret, so a key that starts before the cut is still seen whole.
+    """
+    longest = max((len(s) for s in secrets if s), default=0)
+    window = body[: 4 * (limit + longest) + 64].decode("utf-8", "replace")
+    return redact(window, *secrets, limit=limit)
 
 
 def api_key_from_env(env_var: str | None, endpoint: str = "?", model: str = "?") -> str | None:

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -279,6 +280,40 @@ ds = datasets.load_dataset("parquet", data_files={{"train": "train.parquet", "va
 {sim_note}"""
 
 
+class EmptyDatasetError(RuntimeError):
+    """The run produced no training item (and ``synthesis.dataset.allow_empty`` is off)."""
+
+
+def funnel_text(funnel: Mapping[str, Any]) -> str:
+    """The funnel as a few lines: where the items went (for errors and warnings)."""
+    m = funnel.get("manifest", {})
+    lines = [f"  manifest: {m.get('files', '?')} files scanned, {m.get('kept', '?')} kept, "
+             f"dropped {m.get('by_reason', m.get('dropped', '?'))}"]
+    for st in funnel.get("stages", []):
+        lines.append(f"  {st['stage']}: {st['rows']} rows, {st['kept']} kept, dropped "
+                     f"{st['reasons'] or 0}")
+    lines.append(f"  contamination: {funnel.get('contamination', {}).get('removed', 0)} removed; "
+                 f"splits: {funnel.get('splits')}")
+    return "\n".join(lines)
+
+
+def check_not_empty(funnel: Mapping[str, Any], *, allow_empty: bool) -> None:
+    """Fail (or, when allowed, warn loudly) if the training split is empty.
+
+    An empty set is almost always a setting or an input problem (pools in the wrong place, a
+    threshold that drops everything); finishing with exit 0 would hide it until training fails.
+    """
+    if funnel.get("splits", {}).get("train", 0) > 0:
+        return
+    msg = ("the training set is EMPTY: no item passed every filter. Funnel:\n" + funnel_text(funnel)
+           + "\nCheck the pools, the thresholds of the stage that dropped everything, and the "
+           "endpoints' logs; set synthesis.dataset.allow_empty: true to accept an empty set.")
+    if not allow_empty:
+        raise EmptyDatasetError(msg)
+    logging.getLogger("r2i.dataset").warning(
+        "%s\n(synthesis.dataset.allow_empty is true: continuing with an empty set)", msg)
+
+
 def gather(
     *,
     shard_root: str | Path,
@@ -346,6 +381,7 @@ def gather(
     funnel["contamination"] = {"removed": len(contaminated)}
     funnel["splits"] = {k: len(v) for k, v in out.items()}
     funnel["split_unit"] = split_unit
+    check_not_empty(funnel, allow_empty=bool(settings.get("allow_empty", False)))
     write_json(out_funnel, funnel)
     write_json(
         out_contamination,

@@ -37,6 +37,7 @@ from r2i.client import (
     ModelClient,
     open_endpoint,
 )
+from r2i.client.endpoint import endpoint_log_path
 from r2i.client.slots import SharedSlots, slot_dir_for
 from r2i.images import decode_image, encode_png, resize_to_max_pixels, to_data_url
 
@@ -165,7 +166,7 @@ class ModelSet:
     def _log_path(self, name: str) -> Path | None:
         if self._endpoint_log:
             return Path(self._endpoint_log.replace("{name}", name))
-        return self._log_dir / f"endpoint-{name}.log" if self._log_dir else None
+        return endpoint_log_path(self._log_dir, name) if self._log_dir else None
 
     async def _open(self, cfg: EndpointConfig) -> str:
         """Enter the endpoint's context (launch / health check) for the rest of the job."""
