@@ -54,6 +54,22 @@ rule evaluation:
         evaluation_targets(),
 
 
+# GRPO training and the merged Hugging Face model: only on request (never part of `all`),
+# e.g. `snakemake --profile profiles/slurm --configfile config/config.production.yaml training`.
+rule training:
+    input:
+        TRAIN_DIR / "hf",
+
+
+# The default target trains only if the config asks for the trained model's attention coverage.
+for _name, _model in config["evaluation"]["attention"]["models"].items():
+    if Path(_model["path"]).resolve().is_relative_to(TRAIN_DIR.resolve()):
+        logger.warning(
+            f"evaluation.attention.models.{_name} is a training output ({_model['path']}): "
+            "the default target trains and merges a model (rules train, merge)"
+        )
+
+
 # Provenance after a kill: outputs of jobs that finished after Snakemake itself was killed have
 # no provenance record; they are marked incomplete, so they are rebuilt (from the call cache)
 # and recorded, and later settings changes rerun them (r2i.provenance).

@@ -11,11 +11,19 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from r2i.config import ConfigError, validate_config
 from r2i.poolsig import update_pool_signature
 from r2i.provenance import mark_outputs_without_provenance
+from r2i.resources import ResourceError, evaluation_resources, job_resources
+from r2i.slurm_status import install as install_slurm_state_normaliser
 
 try:
     validate_config(config)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
+
+# SLURM job states as sacct prints them ("CANCELLED by 0", a preempted job that was not
+# requeued) are made plain for the executor plugin, so such jobs are noticed and retried
+# (r2i.slurm_status; a no-op without snakemake-executor-plugin-slurm).
+if workflow.is_main_process:
+    install_slurm_state_normaliser()
 
 
 def _resolve_workflow_file(path):
@@ -139,17 +147,38 @@ def uses_simulator():
     )
 
 
+def rule_resources(name, roles=(), segmenter=False, endpoints=(), own_gpus=0):
+    """Resources of a rule's jobs, derived from the config by r2i.resources.
+
+    GPUs of the endpoints the job launches (each once) plus SAM3 if it segments, the training
+    geometry for `train`; CPUs, memory and time for that work. Each key is separate, so
+    `--set-resources RULE:KEY=VALUE` changes one key and keeps the others. A job that needs more
+    GPUs than one node has (cluster.node.gpus) fails here, saying how to change the config.
+    """
+    try:
+        return job_resources(
+            config,
+            name,
+            roles=roles,
+            endpoints=endpoints,
+            segmenter=segmenter,
+            own_gpus=own_gpus,
+        )
+    except ResourceError as err:
+        raise WorkflowError(str(err)) from None
+
+
+def eval_resources(name="evaluate"):
+    """Resources of the evaluation jobs: per {model}, its endpoint and the judge's."""
+    try:
+        return evaluation_resources(config, name)
+    except ResourceError as err:
+        raise WorkflowError(str(err)) from None
+
+
 def stage_gpus(roles, segmenter=False):
     """GPUs a stage job needs: its launched model servers (each once) plus SAM3 if used."""
-    endpoints = {config["models"][r]["endpoint"] for r in roles}
-    gpus = sum(
-        config["endpoints"][e]["gpus"]
-        for e in sorted(endpoints)
-        if "launch" in config["endpoints"][e]
-    )
-    if segmenter and config["segmenter"]["backend"] == "sam3":
-        gpus += 1
-    return gpus
+    return rule_resources("stage", roles, segmenter).get("gpu", 0)
 
 
 # --- software environments (envs/, docs/cluster.md "Software"): every rule names one env by its

@@ -32,7 +32,7 @@ rule evaluate:
     container:
         env_image(evaluation_env())
     resources:
-        gpu=EVAL_WF.gpus,
+        **eval_resources(),
     params:
         settings=EVAL_WF.params,
         benchmark_name=lambda wildcards: wildcards.benchmark,
@@ -57,6 +57,8 @@ rule eval_metrics:
         env_file("cpu")
     container:
         env_image("cpu")
+    resources:
+        **rule_resources("eval_metrics"),
     params:
         views=config["evaluation"]["views"],
         bootstrap=config["evaluation"]["bootstrap"],
@@ -77,6 +79,8 @@ rule tiny_vlm:
         env_file("gpu")
     container:
         env_image("gpu")
+    resources:
+        **rule_resources("tiny_vlm"),
     params:
         seed=TOY["seed"],
     script:
@@ -109,7 +113,9 @@ rule attention:
     container:
         env_image("gpu")
     resources:
-        gpu=config["evaluation"]["attention"]["gpus"],
+        **rule_resources(
+            "attention", own_gpus=config["evaluation"]["attention"]["gpus"]
+        ),
     params:
         settings=EVAL_WF.attention_params,
     script:

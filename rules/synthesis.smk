@@ -11,6 +11,8 @@ rule toy_world:
         env_file("cpu")
     container:
         env_image("cpu")
+    resources:
+        **rule_resources("toy_world"),
     params:
         seed=TOY["seed"],
         size=TOY["size"],
@@ -31,6 +33,8 @@ rule pool_signature:
         env_file("cpu")
     container:
         env_image("cpu")
+    resources:
+        **rule_resources("pool_signature"),
     params:
         pools=config["pools"],
         state=POOL_STATE,
@@ -51,6 +55,8 @@ checkpoint manifest:
     container:
         env_image("cpu")
     threads: 2
+    resources:
+        **rule_resources("manifest"),
     params:
         pools=config["pools"],
         settings=config["manifest"],
@@ -90,7 +96,7 @@ rule synthesize:
     container:
         env_image(synthesis_env(SYNTHESIS_ROLES, segmenter=True))
     resources:
-        gpu=stage_gpus(SYNTHESIS_ROLES, segmenter=True),
+        **rule_resources("synthesize", SYNTHESIS_ROLES, segmenter=True),
     params:
         stages={stage: stage_params(stage) for stage in SYNTHESIS_STAGES},
         segmenter=config["segmenter"],
@@ -121,6 +127,8 @@ rule dataset:
         env_file("cpu")
     container:
         env_image("cpu")
+    resources:
+        **rule_resources("dataset"),
     params:
         settings=config["synthesis"]["dataset"],
         shards=SHARDS,

@@ -37,8 +37,7 @@ rule train:
     container:
         env_image("training")
     resources:
-        nodes=TRAIN["nodes"],
-        gpu=TRAIN["gpus_per_node"],
+        **rule_resources("train"),
     params:
         overrides=TRAIN_OVERRIDES,
         # data.max_prompt_length null: derived from the dataset at run time (r2i.train.budget)
@@ -62,6 +61,6 @@ rule merge:
     container:
         env_image("training")
     resources:
-        gpu=1,
+        **rule_resources("merge"),
     script:
         "../scripts/merge.py"

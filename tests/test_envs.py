@@ -117,6 +117,8 @@ def _variant(name: str) -> dict[str, Any]:
         models["teacher_b"]["endpoint"] = "remote"
         models["student"]["endpoint"] = models["judge"]["endpoint"] = "small"
         cfg["segmenter"] = {"backend": "sam3", "sam3": {"checkpoint": "/models/sam3/sam3.pt"}}
+        # 8 + 1 + SAM3 GPUs in the synthesize job: a 16-GPU node (a job must fit one node)
+        cfg["cluster"] = {"node": {"gpus": 16, "cpus": 192, "mem_mb": 2_000_000}}
         cfg["evaluation"] = {
             **cfg.get("evaluation", {}),
             "models": {"qwen3-vl-8b": {"endpoint": "small", "model": "qwen3-vl-8b"}},

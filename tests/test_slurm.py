@@ -13,9 +13,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.slurm.harness import (
     PROFILE,
+    REPO,
     SlurmCluster,
     interrupt,
     run_snakemake_slurm,
@@ -63,9 +65,6 @@ LONG_WORKFLOW = textwrap.dedent(
 # The profile itself (no cluster needed)
 # ------------------------------------------------------------------------------------------
 
-GPU_RULES = ("train", "merge", "evaluate", "attention")
-
-
 def render_profile(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict:
     from snakemake.profiles import ProfileConfigFileParser
 
@@ -88,17 +87,16 @@ def test_profile_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     # a default cpus_per_task would override cpus_per_gpu of the GPU rules
     assert "cpus_per_task" not in defaults
     assert Path(prof["slurm-partition-config"]).name == "partitions.yaml"
-    res: dict[str, dict[str, str]] = {}
-    for item in prof["set-resources"]:
-        rule, kv = item.split(":", 1)
-        key, value = kv.split("=", 1)
-        res.setdefault(rule, {})[key] = value
-    for rule in GPU_RULES:
-        assert res[rule]["slurm_partition"] == "'gpu'", rule
-        assert int(res[rule]["gpu"]) >= 1 and int(res[rule]["cpus_per_gpu"]) >= 1, rule
-        assert {"mem_mb", "runtime", "nodes"} <= set(res[rule]), rule
-    # objects' GPU count comes from the rule (SAM3 or not); its partition from routing
-    assert "gpu" not in res["objects"] and "slurm_partition" not in res["objects"]
+    # SLURM never requeues by itself: failed/preempted jobs are resubmitted by Snakemake only
+    assert prof["slurm-no-requeue"] in (True, "True", "true")
+
+
+def test_profile_sizes_no_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-rule resources live in the rules (derived from the config), not in the profile:
+    a command-line --set-resources replaces a profile's whole set-resources block."""
+    prof = render_profile(monkeypatch)
+    assert "set-resources" not in prof, prof.get("set-resources")
+    assert "set-threads" not in prof
 
 
 def test_profile_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,17 +104,43 @@ def test_profile_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch,
         R2I_SLURM_PARTITION="batch",
         R2I_SLURM_ACCOUNT="proj42",
-        R2I_SLURM_GPU_PARTITION="a100",
-        R2I_SLURM_GPU_MODEL="h100",
-        R2I_TRAIN_NODES="4",
+        R2I_SLURM_PARTITIONS="/site/partitions.yaml",
         R2I_SLURM_JOBS="7",
     )
     assert "slurm_partition='batch'" in prof["default-resources"]
     assert "slurm_account='proj42'" in prof["default-resources"]
-    assert "train:slurm_partition='a100'" in prof["set-resources"]
-    assert "train:nodes=4" in prof["set-resources"]
-    assert "evaluate:gpu_model='h100'" in prof["set-resources"]
+    assert prof["slurm-partition-config"] == "/site/partitions.yaml"
     assert prof["jobs"] == "7"
+
+
+def _cluster_installs() -> list[tuple[str, set[str]]]:
+    """The `pip install -e '.[...]'` extras of the README's and docs/cluster.md's cluster part."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    cluster_part = readme[readme.index("## Cluster use (SLURM)") :]
+    docs = (REPO / "docs" / "cluster.md").read_text()
+    found = []
+    for name, text in (("README.md", cluster_part), ("docs/cluster.md", docs)):
+        m = re.search(r"pip install -e '\.\[([a-z,]+)\]'", text)
+        assert m, f"{name}: no pip install line in the cluster instructions"
+        found.append((name, set(m.group(1).split(","))))
+    return found
+
+
+def test_cluster_install_has_what_the_default_run_needs() -> None:
+    """The documented cluster install must provide the plugin and what the default target runs
+    (torch + transformers for the attention job on the tiny random Qwen-VL)."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for name, chosen in _cluster_installs():
+        pkgs = " ".join(p for extra in chosen for p in extras[extra])
+        assert "snakemake-executor-plugin-slurm" in pkgs, name
+        if default["evaluation"]["attention"]["models"]:
+            assert "torch" in pkgs and "transformers" in pkgs, (name, chosen)
 
 
 def test_partition_routing_file() -> None:

@@ -282,3 +282,115 @@ def interrupt(proc: subprocess.Popen[bytes], timeout: float = 90) -> int:
         proc.kill()
         proc.wait()
         raise
+
+
+# ------------------------------------------------------------------------------------------
+# Dry runs: the jobs Snakemake would submit, and the sbatch call the plugin would make for each
+# ------------------------------------------------------------------------------------------
+
+_JOB_HEAD = re.compile(r"^(localrule|rule|checkpoint|localcheckpoint) (\w+):$")
+
+
+class JobResources(dict):
+    """A job's resources with the plugin's access styles (``.get(k)`` and ``.k``)."""
+
+    def __getattr__(self, key: str):
+        try:
+            return self[key]
+        except KeyError as err:
+            raise AttributeError(key) from err
+
+
+@dataclass
+class DryRunJob:
+    """One job of a ``snakemake -n`` listing, with its resources as Snakemake evaluated them."""
+
+    rule: str
+    local: bool
+    threads: int
+    wildcards: dict[str, str]
+    resources: JobResources
+
+    @property
+    def name(self) -> str:
+        return self.rule
+
+    def is_group(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        wc = ",".join(f"{k}={v}" for k, v in self.wildcards.items())
+        return f"{self.rule}[{wc}]" if wc else self.rule
+
+
+def _value(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def parse_dry_run(output: str) -> list[DryRunJob]:
+    """The jobs of a dry run's output (Snakemake prints one block per job)."""
+    jobs: list[DryRunJob] = []
+    cur: DryRunJob | None = None
+    for line in output.splitlines():
+        m = _JOB_HEAD.match(line.strip()) if not line.startswith(" ") else None
+        if m:
+            cur = DryRunJob(m.group(2), m.group(1).startswith("local"), 1, {}, JobResources())
+            jobs.append(cur)
+            continue
+        if cur is None or not line.startswith("    "):
+            continue
+        key, _, rest = line.strip().partition(": ")
+        if key == "threads":
+            cur.threads = int(rest)
+        elif key == "wildcards":
+            cur.wildcards = dict(kv.split("=", 1) for kv in rest.split(", ") if "=" in kv)
+        elif key == "resources":
+            cur.resources = JobResources(
+                (k, _value(v)) for k, v in (kv.split("=", 1) for kv in rest.split(", ") if "=" in kv)
+            )
+    return jobs
+
+
+def plugin_sbatch_args(job: DryRunJob, partitions_file: Path, account: str | None) -> list[str]:
+    """The sbatch options snakemake-executor-plugin-slurm builds for ``job`` (without --wrap).
+
+    Uses the plugin's own code: partition choice by the partition file's scoring (as with the
+    profile's ``slurm-partition-config``), ``get_submit_command`` and ``set_gres_string``.
+    """
+    import shlex
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+
+    class _Quiet:
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+    validate_slurm_extra(job)
+    partition = job.resources.get("slurm_partition") or get_best_partition(
+        read_partition_file(partitions_file), job, _Quiet()
+    )
+    settings = SimpleNamespace(requeue=False, no_requeue=True, qos=None, reservation=None)
+    params = {
+        "run_uuid": "r2i-sbatch-test-only",
+        "slurm_logfile": "/dev/null",
+        "comment_str": f"rule_{job.rule}",
+        "account": f"-A {shlex.quote(account)}" if account else "",
+        "partition": f"-p {shlex.quote(str(partition))}" if partition else "",
+        "workdir": "/tmp",
+    }
+    call = get_submit_command(job, params, settings=settings) + set_gres_string(job)
+    args = shlex.split(call)
+    assert args[:2] == ["sbatch", "--parsable"], call
+    return args[2:]
+
+
+def sbatch_test_only(args: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``sbatch --test-only ARGS --wrap true``: slurmctld checks the request, nothing runs."""
+    return _run(["sbatch", "--test-only", *args, "--wrap", "true"], timeout=timeout)

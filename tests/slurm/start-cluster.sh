@@ -8,10 +8,18 @@
 #   * Debian packages slurm-wlm, slurmdbd, munge, mariadb-server (installed only when missing,
 #     with a temporary policy-rc.d so that the packages' init scripts start nothing);
 #   * /etc/slurm/slurm.conf, gres.conf, slurmdbd.conf (only if absent or written by this script):
-#     one node named $(hostname -s) on 127.0.0.1 with the machine's real CPUs and memory
-#     (from `slurmd -C`, memory less 2%), Gres=gpu:2 backed by fake device files (/dev/null
-#     clones under the state dir: slurmd drops file-less GPUs), partitions `cpu` (default) and
-#     `gpu`, select/cons_tres, proctrack/linuxproc and task/none (no cgroups needed), and job
+#     one node named $(hostname -s) on 127.0.0.1 that CLAIMS the size of a GPU node
+#     (SlurmdParameters=config_overrides: slurmd accepts configured CPUs, memory and GPUs larger
+#     than the machine's; default 128 CPUs, 1 TB, 8 GPUs) with fake GPU device files (/dev/null
+#     clones under the state dir: slurmd drops file-less GPUs), and two pairs of partitions:
+#       cpu (default), gpu   capped at the machine's REAL CPUs and memory (`slurmd -C`, memory
+#                            less 2%; MaxCPUsPerNode, MaxMemPerNode, EnforcePartLimits=ALL):
+#                            where jobs really run (the toy default, the small test workflows);
+#                            a job that asks for more than the machine has is refused by sbatch
+#       big-cpu, big-gpu     the whole claimed node, State=DOWN: jobs are accepted for checking
+#                            (`sbatch --test-only` validates what production jobs ask for against
+#                            a GPU node) but never start, since the machine does not have it;
+#     select/cons_tres, proctrack/linuxproc and task/none (no cgroups needed), and job
 #     accounting through slurmdbd + MariaDB so that `sacct` works (AccountingStorageTRES=gres/gpu);
 #   * a private MariaDB instance (own data dir, socket and port under the state dir);
 #   * munged, mariadbd, slurmdbd, slurmctld and slurmd as plain background processes, pid and log
@@ -20,14 +28,18 @@
 #
 # Environment (all optional):
 #   R2I_SLURM_STATE     state dir (default /var/lib/r2i-slurm)
-#   R2I_SLURM_GPUS      number of (fake) GPUs declared on the node (default 2)
+#   R2I_SLURM_GPUS      number of (fake) GPUs the node claims (default 8)
+#   R2I_SLURM_CLAIM_CPUS     CPUs the node claims (default 128)
+#   R2I_SLURM_CLAIM_MEM_MB   memory the node claims in MB (default 1031000, about 1 TB)
 #   R2I_SLURM_DB_PORT   TCP port of the private MariaDB on 127.0.0.1 (default 3307)
 #   R2I_SLURM_FORCE=1   overwrite an /etc/slurm/slurm.conf that this script did not write
 #   R2I_SLURM_TIMEOUT   seconds to wait for the cluster to become ready (default 120)
 set -euo pipefail
 
 STATE=${R2I_SLURM_STATE:-/var/lib/r2i-slurm}
-NGPU=${R2I_SLURM_GPUS:-2}
+NGPU=${R2I_SLURM_GPUS:-8}
+CLAIM_CPUS=${R2I_SLURM_CLAIM_CPUS:-128}
+CLAIM_MEM=${R2I_SLURM_CLAIM_MEM_MB:-1031000}
 DB_PORT=${R2I_SLURM_DB_PORT:-3307}
 TIMEOUT=${R2I_SLURM_TIMEOUT:-120}
 CLUSTER=r2i
@@ -169,15 +181,18 @@ if [ -e "$ETC/slurm.conf" ] && ! grep -qF "$MARK" "$ETC/slurm.conf" && [ "${R2I_
   die "$ETC/slurm.conf exists and was not written by this script (set R2I_SLURM_FORCE=1 to replace it)"
 fi
 
-# The node line from slurmd's own hardware probe (CPUs, sockets, cores, threads, RealMemory),
-# with RealMemory lowered by 2% so that a slightly smaller reading at a later slurmd start
-# ("Low RealMemory") cannot drain the node.
-NODE_HW=$(slurmd -C | head -1 | sed -E 's/^NodeName=[^ ]+ //')
-[ -n "$NODE_HW" ] || die "slurmd -C printed nothing"
-mem=$(sed -nE 's/.*RealMemory=([0-9]+).*/\1/p' <<<"$NODE_HW")
-if [ -n "$mem" ]; then
-  NODE_HW=$(sed -E "s/RealMemory=[0-9]+/RealMemory=$(( mem * 98 / 100 ))/" <<<"$NODE_HW")
-fi
+# The machine's real size from slurmd's own hardware probe, RealMemory lowered by 2% (a slightly
+# smaller reading later must not matter): the caps of the partitions where jobs really run.
+REAL_HW=$(slurmd -C | head -1 | sed -E 's/^NodeName=[^ ]+ //')
+[ -n "$REAL_HW" ] || die "slurmd -C printed nothing"
+REAL_CPUS=$(sed -nE 's/.*CPUs=([0-9]+).*/\1/p' <<<"$REAL_HW")
+REAL_MEM=$(sed -nE 's/.*RealMemory=([0-9]+).*/\1/p' <<<"$REAL_HW")
+[ -n "$REAL_CPUS" ] && [ -n "$REAL_MEM" ] || die "cannot read CPUs/RealMemory from: $REAL_HW"
+REAL_MEM=$(( REAL_MEM * 98 / 100 ))
+[ "$CLAIM_CPUS" -ge "$REAL_CPUS" ] || CLAIM_CPUS=$REAL_CPUS
+[ "$CLAIM_MEM" -ge "$REAL_MEM" ] || CLAIM_MEM=$REAL_MEM
+# What the node claims (accepted by slurmd thanks to SlurmdParameters=config_overrides).
+NODE_HW="CPUs=$CLAIM_CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$CLAIM_CPUS ThreadsPerCore=1 RealMemory=$CLAIM_MEM"
 
 changed=0
 put() {  # put FILE MODE: write stdin to FILE if the content differs; sets changed=1
@@ -205,6 +220,10 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 GresTypes=gpu
+# the node claims more CPUs, memory and GPUs than the machine has (see the partitions below)
+SlurmdParameters=config_overrides
+# a job that exceeds its partition's limits is refused at submission (as on a real small node)
+EnforcePartLimits=ALL
 SlurmctldPidFile=$STATE/run/slurmctld.pid
 SlurmdPidFile=$STATE/run/slurmd.pid
 SlurmdSpoolDir=$STATE/slurmd
@@ -227,8 +246,12 @@ AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 NodeName=$HOST NodeAddr=127.0.0.1 $NODE_HW Gres=gpu:$NGPU State=UNKNOWN
-PartitionName=cpu Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
-PartitionName=gpu Nodes=$HOST MaxTime=INFINITE State=UP
+# where jobs run: at most the machine's real CPUs and memory
+PartitionName=cpu Nodes=$HOST Default=YES MaxTime=INFINITE State=UP MaxCPUsPerNode=$REAL_CPUS MaxMemPerNode=$REAL_MEM
+PartitionName=gpu Nodes=$HOST MaxTime=INFINITE State=UP MaxCPUsPerNode=$REAL_CPUS MaxMemPerNode=$REAL_MEM
+# a GPU node as production jobs see it, for sbatch --test-only only: DOWN, so nothing starts here
+PartitionName=big-cpu Nodes=$HOST MaxTime=INFINITE State=DOWN
+PartitionName=big-gpu Nodes=$HOST MaxTime=INFINITE State=DOWN
 EOF
 
 # Fake GPUs. slurmd 22.05 drops a gpu GRES that has no File= ("Removing file-less GPU ... from
@@ -338,5 +361,5 @@ while :; do
 done
 wait_for 60 sacct_ok || die "sacct does not answer (see $LOG/slurmdbd.log)"
 
-say "cluster ready: node $HOST ($NODE_HW, gpu:$NGPU), partitions: $(sinfo -h -o '%P' | tr '\n' ' ')"
+say "cluster ready: node $HOST claims $NODE_HW gpu:$NGPU (jobs run within CPUs=$REAL_CPUS RealMemory=$REAL_MEM), partitions: $(sinfo -h -o '%P' | tr '\n' ' ')"
 sinfo
