@@ -564,7 +564,7 @@ def test_dataset_job_with_an_empty_training_set_fails(tmp_path: Path) -> None:
         return dataset.gather(
             shard_root=tmp_path / "shards", shards=["000"], stages=["objects", "difficulty"],
             manifest_summary_path=tmp_path / "summary.json", benchmarks={},
-            answer_format_path=repo / "config" / "prompts" / "answer_format.txt",
+            answer_format_path=repo / "workflow" / "r2i" / "data" / "prompts" / "answer_format.txt",
             settings={**settings, **extra}, run="t", models={}, simulated=True,
             out_train=out / "train.parquet", out_val=out / "val.parquet",
             out_card=out / "README.md", out_funnel=out / "funnel.json",

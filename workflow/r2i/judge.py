@@ -68,9 +68,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from r2i.client import CallCache, ClientStats, EndpointConfig, ModelClient, seed_for
+from r2i.packagedata import prompt_path
 from r2i.parsing import _NUMBER_WORDS, normalize_answer, strip_reasoning
 from r2i.prompts import PromptTemplate, load_template
-from r2i.packagedata import prompt_path
 
 __all__ = [
     "DEFAULT_JUDGE_MAX_TOKENS",

@@ -32,9 +32,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import IO, TypeVar
-
-import aiohttp
+from typing import IO, Any, TypeVar
 
 from .config import EndpointConfig
 from .errors import EndpointStartError, api_key_from_env, redact
@@ -44,7 +42,7 @@ __all__ = ["endpoint_log_path", "free_port", "job_log_file", "open_endpoint", "r
 log = logging.getLogger("r2i.client")
 T = TypeVar("T")
 
-_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=5)
+_PROBE_TIMEOUT_S = 5.0  # per health probe
 #: A ``base_url`` endpoint that refuses connections for this long is an error (a short grace
 #: covers a server that is being restarted, not one that is not there).
 UNREACHABLE_GRACE_S = 3.0
@@ -106,7 +104,7 @@ def run_async(coro: Awaitable[T], *, use_uvloop: bool = True) -> T:
     return asyncio.run(_wrap())
 
 
-async def _probe(session: aiohttp.ClientSession, base: str, cfg: EndpointConfig,
+async def _probe(session: Any, base: str, cfg: EndpointConfig,
                  api_key: str | None) -> tuple[bool, str, bool]:
     """One health probe: (healthy?, why not, unreachable?).
 
@@ -115,14 +113,17 @@ async def _probe(session: aiohttp.ClientSession, base: str, cfg: EndpointConfig,
     *Unreachable* means the connection itself failed (refused, host name not resolved, no route),
     as opposed to a server that answers but is not ready yet.
     """
+    import aiohttp  # imported here: only jobs that reach a server pay for it
+
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    timeout = aiohttp.ClientTimeout(total=_PROBE_TIMEOUT_S)
     try:
-        async with session.get(base + cfg.health_path, timeout=_PROBE_TIMEOUT) as r:
+        async with session.get(base + cfg.health_path, timeout=timeout) as r:
             if r.status == 200:
                 return True, "", False
             if r.status not in (404, 405):
                 return False, f"{cfg.health_path} returned HTTP {r.status}", False
-        async with session.get(base + "/v1/models", headers=headers, timeout=_PROBE_TIMEOUT) as r:
+        async with session.get(base + "/v1/models", headers=headers, timeout=timeout) as r:
             if r.status == 200:
                 return True, "", False
             if r.status in (401, 403):
@@ -175,6 +176,8 @@ async def _wait_healthy(base: str, cfg: EndpointConfig, api_key: str | None,
     delay = 0.05
     why = ""
     last_log = started
+    import aiohttp  # imported here: only jobs that reach a server pay for it (~0.3 s)
+
     async with aiohttp.ClientSession() as session:
         while True:
             if proc is not None and proc.poll() is not None:

@@ -35,6 +35,7 @@ from r2i.images import (
     encode_png,
     expand_box,
 )
+from r2i.judge import reply_verdict
 from r2i.parsing import (
     ParseError,
     extract_all_boxed,
@@ -420,9 +421,11 @@ async def difficulty_one(ctx: StageContext, r: Row) -> list[Row]:
             jres = await models.chat(
                 "judge",
                 judge_t.render(question=r.record["mcq_text"], reference=f"{letter}. {r.record['ground_truth']}", answer=ans),
-                seed=seed_for(qid, f"judge-{i}"), temperature=0.0, max_tokens=16,
+                seed=seed_for(qid, f"judge-{i}"), temperature=0.0, max_tokens=p["judge_max_tokens"],
             )  # fmt: skip
-            return {"answer": ans, "correct": jres.texts[0].strip().lower().startswith("yes"), "by": "judge"}
+            # reasoning blocks stripped, Yes/No read as evaluation does; neither: counted, wrong
+            correct, by = reply_verdict(jres.texts[0])
+            return {"answer": ans, "correct": correct, "by": by}
 
         samples = list(await asyncio.gather(*(grade(i, t) for i, t in enumerate(res.texts))))
     except ModelCallError as err:
