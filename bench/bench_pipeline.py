@@ -39,6 +39,9 @@ import yaml
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+from _env import bench_env  # noqa: E402
 
 from tests.e2e import BIN, SimServer, env  # noqa: E402
 
@@ -62,8 +65,14 @@ def config_for(repo: Path, wd: Path, *, size: str, shards: int, base_url: str | 
     return path
 
 
+_ENV: dict[str, str] | None = None
+
+
 def run_snakemake(repo: Path, wd: Path, cfg: Path, *args: str, timeout: float = 7200) -> float:
-    e = env()
+    global _ENV
+    if _ENV is None:
+        _ENV = bench_env(env())
+    e = dict(_ENV)
     e["PYTHONPATH"] = str(repo / "workflow")  # that checkout's library, not the installed one
     cmd = [str(BIN / "snakemake"), "-s", str(repo / "Snakefile"), "-d", str(wd),
            "--configfile", str(cfg), *args]
@@ -116,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         out.update(requests=n, wall_s=round(wall, 2), bound_s=round(bound, 2),
                    ratio=round(bound / wall, 3), throttled=st["throttled"],
                    mean_in_flight=round(st["in_flight_seconds"] / wall, 2),
-                   idle_s=round(wall - st["busy_seconds"], 2), max_in_flight=st["max_in_flight"])
+                   idle_s=round(wall - st["busy_seconds"], 2), max_in_flight=st["max_in_flight"],
+                   in_flight_per_second=st["in_flight_per_second"])
 
         # Replay: results deleted, call cache (and stage memo) kept.
         shutil.rmtree(wd / "results")

@@ -36,12 +36,19 @@ import yaml
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+from _env import bench_env  # noqa: E402
 
 from tests.e2e import BIN, env  # noqa: E402
 
+_ENV: dict[str, str] = {}
+
 
 def _snakemake(repo: Path, wd: Path, *args: str) -> str:
-    e = env()
+    if not _ENV:
+        _ENV.update(bench_env(env()))
+    e = dict(_ENV)
     e["PYTHONPATH"] = str(repo / "workflow")
     res = subprocess.run([str(BIN / "snakemake"), "-s", str(repo / "Snakefile"), "-d", str(wd),
                           "-c", "2", *args], capture_output=True, text=True, env=e, timeout=7200)

@@ -104,6 +104,28 @@ rule synthesize:
         "../scripts/synthesize.py"
 
 
+# The contamination check's hashes (benchmark images, kept pool images): decoding-heavy, so its
+# own job, which runs while the synthesis jobs wait for their models.
+rule contamination_index:
+    input:
+        manifest=RESULTS / "manifest" / "manifest.parquet",
+        benchmarks=benchmark_files(),
+    output:
+        RESULTS / "dataset" / "contamination-index.json",
+    log:
+        LOGS / "contamination_index.log",
+    conda:
+        env_file("cpu")
+    container:
+        env_image("cpu")
+    resources:
+        **rule_resources("contamination_index"),
+    params:
+        benchmarks=config["benchmarks"],
+    script:
+        "../scripts/contamination_index.py"
+
+
 rule dataset:
     input:
         manifest=RESULTS / "manifest" / "manifest.parquet",
@@ -114,6 +136,7 @@ rule dataset:
             stage=SYNTHESIS_STAGES,
         ),
         benchmarks=benchmark_files(),
+        index=RESULTS / "dataset" / "contamination-index.json",
         prompts=prompt("answer_format"),
     output:
         train=RESULTS / "dataset" / "train.parquet",

@@ -31,5 +31,6 @@ funnel = gather(
     out_funnel=snakemake.output["funnel"],  # noqa: F821
     out_contamination=snakemake.output["contamination"],  # noqa: F821
     pixel_hashes=f"{snakemake.config['cache_dir']}/pixel-sha256.json",  # noqa: F821
+    index=snakemake.input["index"],  # noqa: F821
 )
 logging.getLogger("r2i.dataset").info("dataset: %s", funnel["splits"])

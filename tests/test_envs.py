@@ -290,14 +290,16 @@ def test_rules_that_launch_vllm_or_run_sam3_get_them(probes, variant: str) -> No
 
 def test_production_config_gets_vllm_and_sam3(tmp_path: Path) -> None:
     """The same for config/config.production.yaml as users run it (vLLM teacher, SAM3)."""
+    from .test_slurm_production import write_site
+
     workdir = tmp_path / "prod"
     (workdir / "envs").mkdir(parents=True)
     for env in ENV_NAMES:
         (workdir / "envs" / f"{env}.sif").write_bytes(b"")
     res = subprocess.run(
-        # rules only: its pools and benchmarks are on the cluster, not here
+        # rules only; a site file says where this machine has the data the DAG needs (paths)
         [PY, str(REPO / "tests" / "envs_probe.py"), str(workdir), "--rules-only", "--configfile",
-         str(REPO / "config" / "config.production.yaml")],
+         str(REPO / "config" / "config.production.yaml"), "--configfile", str(write_site(workdir))],
         capture_output=True, text=True, timeout=600, cwd=workdir,
     )
     if res.returncode != 0 and "invalid configuration" in res.stderr:

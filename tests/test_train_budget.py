@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+from r2i.packagedata import prompt_path
 from r2i.prompts import default_template
 from r2i.qwen_vision import smart_resize, verl_image_tokens
-from r2i.packagedata import prompt_path
 from r2i.synthesis.dataset import fit_to_budget, to_verl_row, write_verl_parquet
 from r2i.synthesis.records import Row
 from r2i.train.budget import (

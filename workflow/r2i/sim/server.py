@@ -181,16 +181,28 @@ class SimServer:
         self.max_in_flight = 0
         self.started = time.time()
         # time-weighted occupancy (for benchmarks: mean requests in flight, idle time)
-        self._t_last = time.monotonic()
+        self._t_last = self._t_reset = time.monotonic()
         self.in_flight_seconds = 0.0  # integral of in_flight over time
         self.busy_seconds = 0.0  # time with at least one request in flight
         self._t_first: float | None = None
         self._t_end: float | None = None
+        self._buckets: dict[int, float] = {}  # occupancy per second since the reset
+
+    def _add_area(self, t0: float, t1: float) -> None:
+        """Spread ``in_flight x (t1 - t0)`` over the 1 s buckets it covers."""
+        base = self._t_reset
+        while t0 < t1:
+            k = int(t0 - base)
+            edge = min(t1, base + k + 1)
+            self._buckets[k] = self._buckets.get(k, 0.0) + self.in_flight * (edge - t0)
+            t0 = edge
 
     def _occupancy(self, delta: int) -> None:
         now = time.monotonic()
         dt = now - self._t_last
         self.in_flight_seconds += self.in_flight * dt
+        if self.in_flight:
+            self._add_area(self._t_last, now)
         if self.in_flight > 0:
             self.busy_seconds += dt
         self._t_last = now
@@ -216,6 +228,9 @@ class SimServer:
             "busy_seconds": round(self.busy_seconds, 6),
             # from the first request that was admitted to the last one that finished
             "window_seconds": round((self._t_end or 0.0) - (self._t_first or 0.0), 6),
+            # mean requests in flight in each second since the last reset (a timeline)
+            "in_flight_per_second": [round(self._buckets.get(k, 0.0), 2)
+                                     for k in range(max(self._buckets, default=-1) + 1)],
             "since": self.started,
         }
 

@@ -134,6 +134,23 @@ def benchmark_hashes(benchmarks: Mapping[str, Mapping[str, Any]],
     return out
 
 
+def contamination_index(benchmarks: Mapping[str, Mapping[str, Any]],
+                        pool_images: Sequence[tuple[str, str]],
+                        pixel_hashes: str | Path | None = None) -> dict[str, Any]:
+    """What the contamination check compares: per benchmark the file and pixel hashes of its
+    images, and the pixel hash of every kept pool image (``(file sha256, path)`` pairs).
+
+    Its own job (rule ``contamination_index``), which runs while the synthesis jobs wait for
+    their models, so the dataset job decodes nothing."""
+    memo = PixelHashes(pixel_hashes)
+    bench = benchmark_hashes(benchmarks, memo)
+    pool = {sha: memo.get(sha, path) if Path(path).exists() else None for sha, path in pool_images}
+    memo.save()
+    return {"benchmarks": {name: {"files": sorted(h["files"]), "pixels": sorted(h["pixels"])}
+                           for name, h in bench.items()},
+            "pool_pixels": pool}
+
+
 def _split_key(image_hash: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{image_hash}".encode()).hexdigest()
 
@@ -156,13 +173,14 @@ def fit_to_budget(r: Row, fmt: PromptTemplate, settings: Mapping[str, Any]) -> d
     bound of one item: ``{blob, image_size, image_scale, prompt_text_tokens, prompt_tokens}``."""
     s = {**BUDGET_DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
     text = fmt.render(question=r.record["mcq_text"])
-    img = decode_image(r.blob, name=r.item_id) if r.blob is not None else None
     blob, size, scale = r.blob, None, 1.0
-    if img is not None:
-        fitted = resize_to_max_pixels(img, int(s["max_pixels"]))
-        if fitted is not img:
-            blob, scale = encode_png(fitted), fitted.width / img.width
-        size = fitted.size
+    if r.blob is not None:
+        with Image.open(io.BytesIO(r.blob)) as head:  # the size from the header: no decode
+            size = head.size
+        if size[0] * size[1] > int(s["max_pixels"]):  # decoded only when it must be resized
+            img = decode_image(r.blob, name=r.item_id)
+            fitted = resize_to_max_pixels(img, int(s["max_pixels"]))
+            blob, scale, size = encode_png(fitted), fitted.width / img.width, fitted.size
     return {"blob": blob, "image_size": list(size) if size else None, "image_scale": scale,
             "prompt_text_tokens": text_token_bound(text),
             "prompt_tokens": prompt_token_bound(text, size, int(s["min_pixels"]),
@@ -355,24 +373,44 @@ def gather(
     out_funnel: str | Path,
     out_contamination: str | Path,
     pixel_hashes: str | Path | None = None,
+    index: str | Path | Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build the dataset (see the module docstring). ``pixel_hashes``: a JSON file remembering
-    decoded-pixel hashes between runs (the contamination check's cost)."""
+    """Build the dataset (see the module docstring). ``index``: the contamination index
+    (:func:`contamination_index`, or its JSON file); without it the hashes are computed here,
+    remembering decoded-pixel hashes in ``pixel_hashes`` (a JSON file) between runs."""
     tables: dict[str, list[Row]] = {}
     for stage in stages:
         rows: list[Row] = []
+        last = stage == stages[-1]
         for shard in shards:
-            rows.extend(read_rows(Path(shard_root) / shard / f"{stage}.parquet", with_blobs=stage == stages[-1]))
+            # earlier stages only feed the funnel: their records and images are not read
+            rows.extend(read_rows(Path(shard_root) / shard / f"{stage}.parquet",
+                                  with_blobs=last, with_records=last))
         tables[stage] = rows
     final = [r for r in tables[stages[-1]] if r.kept]
 
+    if index is None:
+        index = contamination_index(
+            benchmarks, sorted({(r.record["image_hash"], r.record["image_path"]) for r in final}),
+            pixel_hashes)
+    elif not isinstance(index, Mapping):
+        index = read_json(index)
+    bench = {name: {"files": set(h["files"]), "pixels": set(h["pixels"])}
+             for name, h in index["benchmarks"].items()}
+    missing = sorted(set(benchmarks) - set(bench))
+    if missing:
+        raise ValueError(f"the contamination index has no entry for benchmark(s) {missing}; "
+                         "rerun the contamination_index job")
+    pool_pixels: Mapping[str, str | None] = index["pool_pixels"]
     memo = PixelHashes(pixel_hashes)
-    bench = benchmark_hashes(benchmarks, memo)
     contaminated: list[dict[str, str]] = []
     clean: list[Row] = []
     for r in final:
         h = r.record["image_hash"]  # the sha256 of the source file's bytes (manifest)
-        px = memo.get(h, r.record["image_path"]) if Path(r.record["image_path"]).exists() else None
+        if h in pool_pixels:
+            px = pool_pixels[h]
+        else:
+            px = memo.get(h, r.record["image_path"]) if Path(r.record["image_path"]).exists() else None
         hit = [
             name for name, hs in bench.items()
             if h in hs["files"] or (px is not None and px in hs["pixels"])

@@ -78,8 +78,12 @@ def write_rows(path: str | Path, rows: Iterable[Row]) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
-def read_rows(path: str | Path, *, only_kept: bool = False, with_blobs: bool = True) -> list[Row]:
-    columns = [c for c in SCHEMA.names if with_blobs or c != "blob"]
+def read_rows(path: str | Path, *, only_kept: bool = False, with_blobs: bool = True,
+              with_records: bool = True) -> list[Row]:
+    """Rows of a stage table; ``with_blobs``/``with_records=False`` skip reading (and parsing)
+    the images and the records where only ids and verdicts are needed (the funnel)."""
+    columns = [c for c in SCHEMA.names
+               if (with_blobs or c != "blob") and (with_records or c != "record")]
     table = pq.read_table(path, columns=columns)
     data = table.to_pydict()
     out = []
@@ -89,7 +93,7 @@ def read_rows(path: str | Path, *, only_kept: bool = False, with_blobs: bool = T
             parent_id=data["parent_id"][i],
             status=data["status"][i],
             reason=data["reason"][i],
-            record=json.loads(data["record"][i]),
+            record=json.loads(data["record"][i]) if with_records else {},
             blob=data["blob"][i] if with_blobs else None,
         )
         if not only_kept or row.kept:
