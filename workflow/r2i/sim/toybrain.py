@@ -650,7 +650,7 @@ def _decode_image(url: str) -> Image.Image | None:
         _, _, payload = url.partition(",")
         img = Image.open(io.BytesIO(base64.b64decode(payload, validate=False)))
         img.load()
-        return img.convert("RGB")
+        return img if img.mode == "RGB" else img.convert("RGB")  # convert() always copies
     except (OSError, ValueError, binascii.Error, UnidentifiedImageError):
         return None
 
