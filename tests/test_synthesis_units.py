@@ -67,3 +67,41 @@ def test_rows_roundtrip_and_duplicate_ids(tmp_path):
     assert read_rows(tmp_path / "t.parquet", only_kept=True)[0].record == {"x": 1}
     with pytest.raises(ValueError, match="duplicate item ids"):
         write_rows(tmp_path / "u.parquet", [*rows, kept("a", None, {})])
+
+
+def test_contamination_index_matches_pixels_and_decodes_only_same_sized_images(tmp_path) -> None:
+    """A pool image re-encoded into a benchmark (other bytes, same pixels) is found; images
+    whose size no pool image has are compared by file hash only (never decoded)."""
+    import hashlib
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from r2i.synthesis import dataset
+
+    img = Image.effect_noise((64, 48), 40).convert("RGB")
+    pool_file = tmp_path / "pool.png"
+    img.save(pool_file, compress_level=9)
+    other = io.BytesIO()
+    img.save(other, format="PNG", compress_level=1)  # same pixels, other bytes
+    small = io.BytesIO()
+    img.resize((32, 24)).save(small, format="PNG")
+    bench = tmp_path / "bench.parquet"
+    pq.write_table(pa.table({
+        "id": ["a"], "question": ["q?"], "answer": ["x"], "type": ["color"],
+        "image": [{"bytes": other.getvalue(), "path": None}],
+        "crop_image": [{"bytes": small.getvalue(), "path": None}],
+    }), bench)
+    sha = hashlib.sha256(pool_file.read_bytes()).hexdigest()
+    decoded = []
+    real = dataset.pixel_sha256
+    dataset.pixel_sha256 = lambda data: decoded.append(1) or real(data)  # type: ignore[assignment]
+    try:
+        idx = dataset.contamination_index({"b": {"format": "zoombench", "path": str(bench)}},
+                                          [(sha, str(pool_file))])
+    finally:
+        dataset.pixel_sha256 = real  # type: ignore[assignment]
+    assert idx["pool_pixels"][sha] in idx["benchmarks"]["b"]["pixels"]
+    assert idx["decoded_sizes"] == [[64, 48]] and len(decoded) == 2  # the crop was not decoded

@@ -134,21 +134,56 @@ def benchmark_hashes(benchmarks: Mapping[str, Mapping[str, Any]],
     return out
 
 
+def _header_size(data: bytes | str | Path) -> tuple[int, int] | None:
+    """(width, height) from an image's header (no decode); None if it does not open."""
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+            return im.size
+    except Exception:
+        return None
+
+
 def contamination_index(benchmarks: Mapping[str, Mapping[str, Any]],
                         pool_images: Sequence[tuple[str, str]],
                         pixel_hashes: str | Path | None = None) -> dict[str, Any]:
-    """What the contamination check compares: per benchmark the file and pixel hashes of its
-    images, and the pixel hash of every kept pool image (``(file sha256, path)`` pairs).
+    """What the contamination check compares: per benchmark the file hashes of its images and
+    the pixel hashes of those that could equal a pool image, and the pixel hash of every kept
+    pool image (``(file sha256, path)`` pairs) that could equal a benchmark image.
 
-    Its own job (rule ``contamination_index``), which runs while the synthesis jobs wait for
-    their models, so the dataset job decodes nothing."""
+    Two images with equal pixels have equal sizes, so only images whose size (read from the
+    header) occurs on both sides are decoded; the others cannot match by pixels and are compared
+    by file hash only, which is exact. Its own job (rule ``contamination_index``), which runs
+    while the synthesis jobs wait for their models, so the dataset job decodes nothing."""
+    from r2i.evaluation.benchmarks import BenchmarkMissingError, load_benchmark
+
     memo = PixelHashes(pixel_hashes)
-    bench = benchmark_hashes(benchmarks, memo)
-    pool = {sha: memo.get(sha, path) if Path(path).exists() else None for sha, path in pool_images}
+    bench_imgs: dict[str, list[tuple[str, bytes, tuple[int, int] | None]]] = {}
+    for name, spec in benchmarks.items():
+        try:
+            items = load_benchmark(name, spec)
+        except BenchmarkMissingError as err:
+            raise FileNotFoundError(f"{err} (config key benchmarks.{name}.path; or remove the "
+                                    "benchmark from the config)") from None
+        seen: dict[str, tuple[str, bytes, tuple[int, int] | None]] = {}
+        for it in items:
+            for data in [*it.images, *it.crop_images]:
+                fsha = hashlib.sha256(data).hexdigest()
+                if fsha not in seen:
+                    seen[fsha] = (fsha, data, _header_size(data))
+        bench_imgs[name] = list(seen.values())
+    pool = [(sha, path, _header_size(path) if Path(path).exists() else None)
+            for sha, path in pool_images]
+    common = ({s for imgs in bench_imgs.values() for _, _, s in imgs if s}
+              & {s for _, _, s in pool if s})
+    out_b = {}
+    for name, imgs in bench_imgs.items():
+        pixels = {memo.get(fsha, data) for fsha, data, size in imgs if size in common}
+        out_b[name] = {"files": sorted(f for f, _, _ in imgs), "pixels": sorted(p for p in pixels if p)}
+    pool_pixels = {sha: (memo.get(sha, path) if size in common else None)
+                   for sha, path, size in pool}
     memo.save()
-    return {"benchmarks": {name: {"files": sorted(h["files"]), "pixels": sorted(h["pixels"])}
-                           for name, h in bench.items()},
-            "pool_pixels": pool}
+    return {"benchmarks": out_b, "pool_pixels": pool_pixels,
+            "decoded_sizes": sorted(list(s) for s in common)}
 
 
 def _split_key(image_hash: str, seed: int) -> str:
