@@ -73,8 +73,6 @@ checkpoint manifest:
 # Each stage still has its own table and stats file; each stage's settings, models and prompts
 # are params/inputs, and the stage memo reuses the stages that did not change.
 rule synthesize:
-    # before other ready jobs (the contamination index, report parts): these keep the models busy
-    priority: 10
     input:
         shard=shard_list,
         prompts=synthesis_prompt_files(),
@@ -93,6 +91,8 @@ rule synthesize:
         difficulty_stats=stage_stats("difficulty"),
     log:
         LOGS / "shards" / "{shard}" / "synthesize.log",
+    # before other ready jobs (the contamination index, report parts): these keep the models busy
+    priority: 10
     conda:
         env_file(synthesis_env(SYNTHESIS_ROLES, segmenter=True))
     container:
