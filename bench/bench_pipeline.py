@@ -7,7 +7,10 @@ with every endpoint's ``max_concurrency = C``. If the N requests of the run kept
 from the first request to the last, the run would take the bound ``N x L / C``; the ratio
 ``bound / wall`` says how close the pipeline gets (1.0 = the server never waits for the pipeline).
 The server's own counters give the mean number of requests in flight over the wall time and the
-seconds with nothing in flight (idle).
+seconds with nothing in flight (idle), and where the rest goes: the seconds before the first
+request and after the last response, the ratio over the server's busy window alone, and the same
+command run once more with nothing to do (Snakemake's own start-up and DAG: a floor that no
+change inside the jobs removes).
 
 Then a replay: the results are deleted (the call cache and the stage memo are kept) and the DAG
 runs again: 0 requests; its wall time is the pipeline's fixed cost. With ``--replay-no-memo`` also
@@ -68,6 +71,9 @@ def config_for(repo: Path, wd: Path, *, size: str, shards: int, base_url: str | 
 _ENV: dict[str, str] | None = None
 
 
+_LAST_START: list[float] = [0.0]  # time.monotonic() when the last run_snakemake began
+
+
 def run_snakemake(repo: Path, wd: Path, cfg: Path, *args: str, timeout: float = 7200) -> float:
     global _ENV
     if _ENV is None:
@@ -76,9 +82,9 @@ def run_snakemake(repo: Path, wd: Path, cfg: Path, *args: str, timeout: float = 
     e["PYTHONPATH"] = str(repo / "workflow")  # that checkout's library, not the installed one
     cmd = [str(BIN / "snakemake"), "-s", str(repo / "Snakefile"), "-d", str(wd),
            "--configfile", str(cfg), *args]
-    t0 = time.perf_counter()
+    t0 = _LAST_START[0] = time.monotonic()
     res = subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=timeout)
-    wall = time.perf_counter() - t0
+    wall = time.monotonic() - t0
     if res.returncode != 0:
         raise SystemExit(f"snakemake failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}")
     return wall
@@ -119,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = config_for(repo, wd, base_url=server.url, **base)
         reset(server)
         wall = run_snakemake(repo, wd, cfg, "-c", str(args.jobs), "synthesis")
+        t_start = _LAST_START[0]
         st = server.stats()
         n = int(st["completed"])
         bound = n * args.latency / args.concurrency
@@ -127,6 +134,16 @@ def main(argv: list[str] | None = None) -> None:
                    mean_in_flight=round(st["in_flight_seconds"] / wall, 2),
                    idle_s=round(wall - st["busy_seconds"], 2), max_in_flight=st["max_in_flight"],
                    in_flight_per_second=st["in_flight_per_second"])
+        # Where the wall time outside the server's busy window goes: before the first request
+        # (Snakemake start, manifest, job start-up) and after the last response (dataset, exit).
+        window = float(st["window_seconds"])
+        before = float(st["first_request_monotonic"]) - t_start
+        out.update(window_s=round(window, 2), window_ratio=round(bound / window, 3),
+                   before_first_request_s=round(before, 2),
+                   after_last_response_s=round(wall - before - window, 2))
+        # Snakemake's own floor, same machine and moment: the same command when nothing is to do
+        # (start-up, config validation, DAG with the checkpoint, exit).
+        out["nothing_to_do_s"] = round(run_snakemake(repo, wd, cfg, "-c", str(args.jobs), "synthesis"), 2)
 
         # Replay: results deleted, call cache (and stage memo) kept.
         shutil.rmtree(wd / "results")
@@ -148,6 +165,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{out['requests']:>9} {out['wall_s']:>8.1f} {out['bound_s']:>8.1f} {out['ratio']:>6.2f} "
           f"{out['mean_in_flight']:>10.1f} / {args.concurrency:<3} {out['idle_s']:>7.1f} "
           f"{out['throttled']:>5} {out['replay_s']:>9.1f}")
+    print(f"server busy window (first request to last response) {out['window_s']:.1f} s: "
+          f"bound / window = {out['window_ratio']:.2f}; before the first request "
+          f"{out['before_first_request_s']:.1f} s, after the last response "
+          f"{out['after_last_response_s']:.1f} s; the same command with nothing to do "
+          f"{out['nothing_to_do_s']:.1f} s")
     if "replay_no_memo_s" in out:
         print(f"replay without the stage memo: {out['replay_no_memo_s']:.1f} s "
               f"({out['replay_no_memo_requests']} requests)")

@@ -82,7 +82,16 @@ def main(argv: list[str] | None = None) -> None:
     wd = args.workdir or Path(tempfile.mkdtemp(prefix="r2i-reruns-"))
     (wd / "config").mkdir(parents=True, exist_ok=True)
     shutil.copy(repo / "config" / "config.yaml", wd / "config" / "config.yaml")
-    shutil.copytree(repo / "config" / "prompts", wd / "config" / "prompts", dirs_exist_ok=True)
+    # the distractors prompt is a copy in the working directory, so the last step can edit it
+    (wd / "prompts").mkdir(exist_ok=True)
+    shipped = repo / "workflow" / "r2i" / "data" / "prompts" / "distractors.txt"
+    if not shipped.exists():  # older checkouts kept the prompts under config/
+        shipped = repo / "config" / "prompts" / "distractors.txt"
+    shutil.copy(shipped, wd / "prompts" / "distractors.txt")
+    cfg_path = wd / "config" / "config.yaml"
+    cfg0 = yaml.safe_load(cfg_path.read_text()) or {}
+    cfg0.setdefault("prompts", {})["distractors"] = "prompts/distractors.txt"
+    cfg_path.write_text(yaml.safe_dump(cfg0, sort_keys=False))
     cache = wd / ".r2i-cache"
     print(f"workdir {wd}; code {repo}")
 
@@ -130,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         p.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     def prompt() -> None:
-        p = wd / "config" / "prompts" / "distractors.txt"
+        p = wd / "prompts" / "distractors.txt"
         p.write_text(p.read_text() + "\nMake every wrong option as plausible as you can.\n")
 
     for name, fn in (("touch one image", touch), ("edit one image", edit), ("add one image", add),

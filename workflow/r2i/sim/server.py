@@ -228,6 +228,10 @@ class SimServer:
             "busy_seconds": round(self.busy_seconds, 6),
             # from the first request that was admitted to the last one that finished
             "window_seconds": round((self._t_end or 0.0) - (self._t_first or 0.0), 6),
+            # the same two moments on the machine's monotonic clock (CLOCK_MONOTONIC is shared by
+            # all processes on Linux), so a benchmark can place them in its own timeline
+            "first_request_monotonic": self._t_first,
+            "last_response_monotonic": self._t_end,
             # mean requests in flight in each second since the last reset (a timeline)
             "in_flight_per_second": [round(self._buckets.get(k, 0.0), 2)
                                      for k in range(max(self._buckets, default=-1) + 1)],
