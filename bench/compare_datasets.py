@@ -1,6 +1,9 @@
 """Compare two synthesis runs' datasets: same rows, same item ids, same answers, same pixels.
 
-Usage: python bench/compare_datasets.py RUN_DIR_A RUN_DIR_B [--run toy]
+Usage: python bench/compare_datasets.py RUN_DIR_A RUN_DIR_B [--run toy] [--new-fields-ok]
+
+``--new-fields-ok``: extra_info fields that are absent (null) in every row of A (fields added
+since A was made, e.g. the prompt-budget figures) are listed but not counted as differences.
 
 Image bytes may differ (an encoder change); the decoded pixels must not. Exit status 1 on any
 difference, with the differences listed.
@@ -42,7 +45,14 @@ def _pixels(data: bytes) -> str:
     return hashlib.sha256(im.convert("RGB").tobytes()).hexdigest()
 
 
-def compare(a: Path, b: Path, run: str = "toy") -> list[str]:
+def new_fields(a: Path, b: Path, run: str = "toy") -> set[str]:
+    """extra_info fields of B that no row of A has a value for."""
+    rows_a, rows_b = _rows(a, run).values(), _rows(b, run).values()
+    keys = set().union(*(r["extra_info"].keys() for r in rows_b)) if rows_b else set()
+    return {k for k in keys if all(r["extra_info"].get(k) is None for r in rows_a)}
+
+
+def compare(a: Path, b: Path, run: str = "toy", ignore: frozenset[str] = frozenset()) -> list[str]:
     ra, rb = _rows(a, run), _rows(b, run)
     problems = []
     if ra.keys() != rb.keys():
@@ -53,8 +63,8 @@ def compare(a: Path, b: Path, run: str = "toy") -> list[str]:
         for field in ("split", "prompt", "reward_model", "data_source", "ability"):
             if x[field] != y[field]:
                 problems.append(f"{k}: {field} differs")
-        ex = _info(x, a)
-        ey = _info(y, b)
+        ex = {f: v for f, v in _info(x, a).items() if f not in ignore}
+        ey = {f: v for f, v in _info(y, b).items() if f not in ignore}
         if ex != ey:
             diff = sorted(f for f in ex.keys() | ey.keys() if ex.get(f) != ey.get(f))
             problems.append(f"{k}: extra_info differs in {diff}")
@@ -68,8 +78,12 @@ def main() -> None:
     ap.add_argument("a", type=Path)
     ap.add_argument("b", type=Path)
     ap.add_argument("--run", default="toy")
+    ap.add_argument("--new-fields-ok", action="store_true")
     args = ap.parse_args()
-    problems = compare(args.a, args.b, args.run)
+    ignore = frozenset(new_fields(args.a, args.b, args.run)) if args.new_fields_ok else frozenset()
+    if ignore:
+        print(f"extra_info fields new since A (not compared): {', '.join(sorted(ignore))}")
+    problems = compare(args.a, args.b, args.run, ignore)
     n = len(_rows(args.a, args.run))
     if problems:
         print(f"{len(problems)} differences:\n" + "\n".join(problems[:50]))
