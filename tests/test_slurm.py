@@ -269,7 +269,7 @@ def test_interrupt_cancels_running_jobs(slurm_cluster: SlurmCluster, tmp_path: P
             timeout=60,
         )
         assert running, f"job never ran; squeue: {squeue_ids(run_id)}\n{log.read_text()[-3000:]}"
-        rc = interrupt(proc, log=log)
+        rc = interrupt(proc)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -273,24 +273,10 @@ def wait_until(pred, timeout: float, interval: float = 0.5):
     return pred()
 
 
-def interrupt(proc: subprocess.Popen[bytes], timeout: float = 90, log: Path | None = None,
-              again_after: float = 20) -> int:
-    """Send SIGINT (Ctrl-C) to snakemake only and wait for it to exit.
-
-    Snakemake with the SLURM plugin sometimes does not see the first Ctrl-C at all (observed
-    once in CI: no "Terminating processes on user request" line, still running 90 s later; an
-    upstream behaviour, see snakemake-executor-plugin-slurm#397 for the same path). With ``log``,
-    if that line has not appeared after ``again_after`` seconds, Ctrl-C is pressed once more, as
-    a user would; a second one while the cancel is already under way is never sent.
-    """
+def interrupt(proc: subprocess.Popen[bytes], timeout: float = 90) -> int:
+    """Send SIGINT (Ctrl-C) to snakemake only and wait for it to exit."""
     proc.send_signal(signal.SIGINT)
     try:
-        if log is not None:
-            try:
-                return proc.wait(timeout=again_after)
-            except subprocess.TimeoutExpired:
-                if "Terminating processes on user request" not in log.read_text(errors="replace"):
-                    proc.send_signal(signal.SIGINT)
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
