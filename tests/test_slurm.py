@@ -9,6 +9,7 @@ tests/slurm/harness.py are meant for reuse by the toy-world DAG test.
 from __future__ import annotations
 
 import os
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -250,6 +251,7 @@ def test_interrupt_cancels_running_jobs(slurm_cluster: SlurmCluster, tmp_path: P
     (tmp_path / "Snakefile").write_text(LONG_WORKFLOW)
     log = tmp_path / "snakemake.log"
     proc = start_snakemake_slurm(tmp_path, ["--retries", "0"], cluster=slurm_cluster, log=log)
+    run_id = None
     try:
         run_id = wait_until(
             lambda: next(
@@ -274,10 +276,13 @@ def test_interrupt_cancels_running_jobs(slurm_cluster: SlurmCluster, tmp_path: P
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        # whatever happened, the 10-minute sleeper must not hold the node for the later tests
+        leftover = wait_until(lambda: not squeue_ids(run_id), timeout=30) if run_id else True
+        if not leftover:
+            subprocess.run(["scancel", *squeue_ids(run_id)], check=False)
     output = log.read_text(errors="replace")
     assert rc != 0, output[-3000:]
-    left = wait_until(lambda: not squeue_ids(run_id), timeout=30)
-    assert left, f"jobs still queued after Ctrl-C: {squeue_ids(run_id)}\n{output[-3000:]}"
+    assert leftover, f"jobs still queued after Ctrl-C: {squeue_ids(run_id)}\n{output[-3000:]}"
     assert not (tmp_path / "never.txt").exists()
     if slurm_cluster.sacct_ok:
         jobs = slurm_cluster.sacct_run(run_id, wait_for={"long_sleeper"})

@@ -241,7 +241,12 @@ def start_snakemake_slurm(
     env: dict[str, str] | None = None,
     log: Path,
 ) -> subprocess.Popen[bytes]:
-    """Start snakemake in the background (output to ``log``); for interruption tests."""
+    """Start snakemake in the background (output to ``log``); for interruption tests.
+
+    SIGINT is reset to its default in the child: a test run started as a background job of a
+    non-interactive shell (``bash -c '... &'``, nohup) inherits SIGINT *ignored*, and Python then
+    installs no KeyboardInterrupt handler, so the Ctrl-C that the tests send would be lost.
+    """
     with open(log, "wb") as fh:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             snakemake_slurm_cmd(args, profile=profile),
@@ -250,7 +255,12 @@ def start_snakemake_slurm(
             stdout=fh,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_default_sigint,
         )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def squeue_ids(name: str | None = None, states: str | None = None) -> list[str]:
