@@ -124,13 +124,8 @@ def _calls_of(message: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = []
     for c in message.get("tool_calls") or []:
         fn = c.get("function") or {}
-        args = fn.get("arguments")
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except ValueError:
-                args = None
-        if isinstance(args, dict):
+        args = _json_args(fn.get("arguments"))
+        if args is not None:
             out.append((str(fn.get("name")), args))
     if out:
         return out
@@ -140,15 +135,20 @@ def _calls_of(message: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             obj = json.loads(block)
         except ValueError:
             continue
-        args = obj.get("arguments") if isinstance(obj, dict) else None
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except ValueError:
-                args = None
-        if isinstance(args, dict):
+        args = _json_args(obj.get("arguments")) if isinstance(obj, dict) else None
+        if args is not None:
             out.append((str(obj.get("name")), args))
     return out
+
+
+def _json_args(args: Any) -> dict[str, Any] | None:
+    """A tool call's arguments as a dict (given as a dict or a JSON string), else None."""
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None
+    return args if isinstance(args, dict) else None
 
 
 def _zoom_regions(messages: list[dict[str, Any]], full: Region, full_scale: float

@@ -107,20 +107,25 @@ class PixelHashes:
                 atomic_write_text(self.path, json.dumps(self._map, sort_keys=True))
 
 
+def _benchmark_items(name: str, spec: Mapping[str, Any]) -> list[Any]:
+    """The benchmark's items through the evaluation's own loader (every parquet shard, JSON
+    images looked up as it does); a missing benchmark names its config key."""
+    from r2i.evaluation.benchmarks import BenchmarkMissingError, load_benchmark
+
+    try:
+        return list(load_benchmark(name, spec))
+    except BenchmarkMissingError as err:
+        raise FileNotFoundError(f"{err} (config key benchmarks.{name}.path; or remove the "
+                                "benchmark from the config)") from None
+
+
 def benchmark_hashes(benchmarks: Mapping[str, Mapping[str, Any]],
                      pixels_memo: PixelHashes | None = None) -> dict[str, dict[str, set[str]]]:
     """Per benchmark: the file-byte and pixel hashes of every image it contains."""
-    from r2i.evaluation.benchmarks import BenchmarkMissingError, load_benchmark
-
     memo = pixels_memo if pixels_memo is not None else PixelHashes()
     out: dict[str, dict[str, set[str]]] = {}
     for name, spec in benchmarks.items():
-        # The evaluation's own loader: every parquet shard, JSON images looked up as it does.
-        try:
-            items = load_benchmark(name, spec)
-        except BenchmarkMissingError as err:
-            raise FileNotFoundError(f"{err} (config key benchmarks.{name}.path; or remove the "
-                                    "benchmark from the config)") from None
+        items = _benchmark_items(name, spec)
         files: set[str] = set()
         pixels: set[str] = set()
         for it in items:
@@ -154,16 +159,10 @@ def contamination_index(benchmarks: Mapping[str, Mapping[str, Any]],
     header) occurs on both sides are decoded; the others cannot match by pixels and are compared
     by file hash only, which is exact. Its own job (rule ``contamination_index``), which runs
     while the synthesis jobs wait for their models, so the dataset job decodes nothing."""
-    from r2i.evaluation.benchmarks import BenchmarkMissingError, load_benchmark
-
     memo = PixelHashes(pixel_hashes)
     bench_imgs: dict[str, list[tuple[str, bytes, tuple[int, int] | None]]] = {}
     for name, spec in benchmarks.items():
-        try:
-            items = load_benchmark(name, spec)
-        except BenchmarkMissingError as err:
-            raise FileNotFoundError(f"{err} (config key benchmarks.{name}.path; or remove the "
-                                    "benchmark from the config)") from None
+        items = _benchmark_items(name, spec)
         seen: dict[str, tuple[str, bytes, tuple[int, int] | None]] = {}
         for it in items:
             for data in [*it.images, *it.crop_images]:
