@@ -54,6 +54,7 @@ import pyarrow.parquet as pq
 from r2i import images
 from r2i.images import ImageError
 from r2i.io import atomic_write_bytes
+from r2i.poolsig import real_dirs
 
 __all__ = [
     "DEFAULT_MIN_SIDE",
@@ -186,18 +187,7 @@ def iter_pool_files(root: str | os.PathLike[str]) -> Iterator[tuple[str, Path]]:
     """
     base = Path(root)
     found: list[tuple[str, Path]] = []
-    seen_dirs: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
-        try:
-            st = os.stat(dirpath)
-        except OSError:
-            dirnames[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen_dirs:
-            dirnames[:] = []
-            continue
-        seen_dirs.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+    for dirpath, filenames in real_dirs(base):
         for fname in filenames:
             if _is_hidden(fname):
                 continue

@@ -24,7 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -87,15 +87,16 @@ class HashState:
             self._dirty = False
 
 
-def walk_pool(root: str | os.PathLike[str]) -> tuple[list[tuple[str, int, int]], list[str]]:
-    """``([(relative path, size, mtime_ns), ...], [skipped directory, ...])`` of a pool folder.
+def real_dirs(root: str | os.PathLike[str], skipped: list[str] | None = None
+              ) -> Iterator[tuple[str, list[str]]]:
+    """``(directory, file names)`` of every real directory under ``root``, each entered once.
 
-    Hidden files and folders are ignored. Each real directory is entered once (the walk is
-    top-down in sorted order, like the manifest scan, so both keep the same copy); a directory
-    reached again through a link (a loop, or a second link to it) is skipped and listed.
+    Symlinked directories are followed (pools are often assembled from links), top-down with
+    sub-directories in sorted order, hidden ones left out; a directory reached again through a
+    link (a loop, or a second link to it) is not entered again, and its path relative to
+    ``root`` is appended to ``skipped``. Shared by this module and the manifest scan, so both
+    see the same files and keep the same copy of a twice-linked folder.
     """
-    entries: list[tuple[str, int, int]] = []
-    skipped: list[str] = []
     seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         try:
@@ -105,10 +106,24 @@ def walk_pool(root: str | os.PathLike[str]) -> tuple[list[tuple[str, int, int]],
             continue
         if (st.st_dev, st.st_ino) in seen:
             dirnames[:] = []
-            skipped.append(Path(os.path.relpath(dirpath, root)).as_posix())
+            if skipped is not None:
+                skipped.append(Path(os.path.relpath(dirpath, root)).as_posix())
             continue
         seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield dirpath, filenames
+
+
+def walk_pool(root: str | os.PathLike[str]) -> tuple[list[tuple[str, int, int]], list[str]]:
+    """``([(relative path, size, mtime_ns), ...], [skipped directory, ...])`` of a pool folder.
+
+    Hidden files and folders are ignored. Each real directory is entered once (the walk is
+    top-down in sorted order, like the manifest scan, so both keep the same copy); a directory
+    reached again through a link (a loop, or a second link to it) is skipped and listed.
+    """
+    entries: list[tuple[str, int, int]] = []
+    skipped: list[str] = []
+    for dirpath, filenames in real_dirs(root, skipped):
         for fname in filenames:
             if fname.startswith("."):
                 continue
