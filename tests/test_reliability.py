@@ -16,7 +16,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,21 @@ from r2i.client import CallCache, EndpointConfig, EndpointStartError, ModelCallE
 from r2i.client import endpoint as ep
 from r2i.client.endpoint import free_port, open_endpoint
 from r2i.client.errors import redact
+
+
+@contextlib.asynccontextmanager
+async def _local_server(method: str, path: str, handler: Any) -> AsyncIterator[str]:
+    """A throw-away aiohttp server on loopback with one route; yields its base URL."""
+    app = web.Application()
+    app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
 
 BIN = Path(sys.executable).parent
 KEY = "sk-live-" + "Q7wZ3kP9xR2mV8bN4cT6yH1jL5dF0gS"
@@ -172,18 +187,9 @@ def test_base_url_that_answers_not_ready_still_waits() -> None:
         return web.Response(status=200 if state["n"] > 8 else 503)
 
     async def run() -> None:
-        app = web.Application()
-        app.router.add_get("/health", health)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        try:
-            async with open_endpoint(EndpointConfig(name="s", base_url=url)) as got:
-                assert got == url
-        finally:
-            await runner.cleanup()
+        async with (_local_server("GET", "/health", health) as url,
+                    open_endpoint(EndpointConfig(name="s", base_url=url)) as got):
+            assert got == url
 
     asyncio.run(run())
     assert state["n"] > 8
@@ -241,30 +247,23 @@ def test_echoed_key_never_leaks_at_any_offset(status: int, caplog: pytest.LogCap
         return web.Response(status=status, text="e" * off + KEY + " trailing text " * 20)
 
     async def run() -> list[str]:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", chat)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        os.environ["R2I_REDACT_TEST_KEY"] = KEY
         msgs = []
-        try:
-            cfg = EndpointConfig(name="hostile", base_url=url, api_key_env="R2I_REDACT_TEST_KEY",
-                                 max_retries=0, backoff_base_s=0, backoff_max_s=0)
-            client = ModelClient(cfg)
+        async with _local_server("POST", "/v1/chat/completions", chat) as url:
+            os.environ["R2I_REDACT_TEST_KEY"] = KEY
             try:
-                for i in offsets:
-                    with pytest.raises(ModelCallError) as info:
-                        await client.chat(model="m", messages=[{"role": "user", "content": str(i)}],
-                                          seed=i)
-                    msgs.append(str(info.value))
+                cfg = EndpointConfig(name="hostile", base_url=url, api_key_env="R2I_REDACT_TEST_KEY",
+                                     max_retries=0, backoff_base_s=0, backoff_max_s=0)
+                client = ModelClient(cfg)
+                try:
+                    for i in offsets:
+                        with pytest.raises(ModelCallError) as info:
+                            await client.chat(model="m", seed=i,
+                                              messages=[{"role": "user", "content": str(i)}])
+                        msgs.append(str(info.value))
+                finally:
+                    await client.aclose()
             finally:
-                await client.aclose()
-        finally:
-            del os.environ["R2I_REDACT_TEST_KEY"]
-            await runner.cleanup()
+                del os.environ["R2I_REDACT_TEST_KEY"]
         return msgs
 
     with caplog.at_level(logging.DEBUG):
@@ -345,16 +344,10 @@ def test_damaged_cache_entry_is_a_miss_and_rewritten(
                                   "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
 
     async def run() -> list[str]:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", chat)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        cfg = EndpointConfig(name="e", base_url=f"http://127.0.0.1:{runner.addresses[0][1]}")
         cache = CallCache(tmp_path / "cache")
         texts = []
-        try:
+        async with _local_server("POST", "/v1/chat/completions", chat) as url:
+            cfg = EndpointConfig(name="e", base_url=url)
             for _ in range(2):
                 client = ModelClient(cfg, cache=cache)
                 try:
@@ -365,8 +358,6 @@ def test_damaged_cache_entry_is_a_miss_and_rewritten(
                 texts.append(res.texts[0])
                 if len(texts) == 1:
                     _damage(cache.path(res.key), damage)
-        finally:
-            await runner.cleanup()
         return texts
 
     with caplog.at_level(logging.WARNING, logger="r2i.client"):
