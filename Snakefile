@@ -74,3 +74,13 @@ for _name, _model in config["evaluation"]["attention"]["models"].items():
 # no provenance record; they are marked incomplete, so they are rebuilt (from the call cache)
 # and recorded, and later settings changes rerun them (r2i.provenance).
 mark_outputs_without_provenance(workflow)
+
+
+# The run is over when these run: cancel the scheduler's pending 1 s re-evaluation timer, which
+# would otherwise hold the process open after the last job (r2i.smkexit).
+onsuccess:
+    cancel_scheduler_timers()
+
+
+onerror:
+    cancel_scheduler_timers()

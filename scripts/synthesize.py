@@ -8,6 +8,12 @@ from _checkout import use_checkout
 
 use_checkout(__file__)  # the r2i library from this checkout, in any env or container
 
+from r2i.arrowlite import skip_pandas_at_first_use
+
+# this job never converts to pandas: spare pyarrow's 0.8 s pandas import (at its first table,
+# after the first model requests are out)
+skip_pandas_at_first_use()
+
 from r2i.synthesis.entry import run_shard
 
 STAGES = ("objects", "crops", "questions", "answers", "mcq", "difficulty")

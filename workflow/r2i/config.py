@@ -45,6 +45,11 @@ def _extend_with_defaults(validator_class: type) -> type:
 _DefaultFillingValidator = _extend_with_defaults(Draft202012Validator)
 
 
+# libyaml's safe loader when PyYAML has it (the wheels do): the schema is read at every Snakemake
+# start, and the pure-Python loader takes ~0.15 s of it, the C one ~0.02 s. Same documents.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     """The main schema plus the top-level sections of ``<name>.schema.yaml`` fragments beside it.
 
@@ -53,12 +58,12 @@ def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     """
     path = Path(path)
     with open(path, encoding="utf-8") as fh:
-        schema = yaml.safe_load(fh)
+        schema = yaml.load(fh, Loader=_YAML_LOADER)
     for frag_path in sorted(path.parent.glob("*.schema.yaml")):
         if frag_path.resolve() == path.resolve():
             continue
         with open(frag_path, encoding="utf-8") as fh:
-            frag = yaml.safe_load(fh) or {}
+            frag = yaml.load(fh, Loader=_YAML_LOADER) or {}
         for key in ("properties", "$defs"):
             clash = set(frag.get(key, {})) & set(schema.get(key, {}))
             if clash:

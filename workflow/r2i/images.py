@@ -32,10 +32,12 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+if TYPE_CHECKING:  # numpy is imported where used: only 16-bit/float images need it (~0.1 s)
+    import numpy as np
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -299,6 +301,8 @@ def _scale_to_uint8(arr: np.ndarray, *, full_scale: float | None) -> np.ndarray:
     With ``full_scale`` the mapping is ``round(v * 255 / full_scale)`` (a 16-bit image keeps its
     tonality); otherwise the array's own min..max is stretched to 0..255 (data of unknown range).
     """
+    import numpy as np
+
     a = np.asarray(arr, dtype=np.float64)
     if not np.isfinite(a).all():
         a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
@@ -327,6 +331,8 @@ def to_rgb(im: Image.Image, *, name: str = "<image>") -> Image.Image:
     try:
         if mode == "RGB":
             return im
+        if mode in ("I", "F") or mode.startswith("I;16"):
+            import numpy as np
         if mode.startswith("I;16"):
             arr = np.asarray(im).astype(np.uint16, copy=False)
             return Image.fromarray(_scale_to_uint8(arr, full_scale=65535.0)).convert("RGB")

@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 
 from r2i import images
 from r2i.images import ImageError
-from r2i.io import atomic_write_bytes
+from r2i.io import atomic_write_bytes, read_parquet
 from r2i.poolsig import real_dirs
 
 __all__ = [
@@ -319,7 +319,7 @@ def _load_scan_cache(state_dir: Path, fingerprint: str) -> dict[str, tuple[int, 
     """``abs_path -> (size, mtime_ns, record)`` from the last scan, empty if absent or stale."""
     path = state_dir / _CACHE_FILE
     try:
-        table = pq.read_table(path)
+        table = read_parquet(path)
     except (OSError, pa.ArrowException):
         return {}
     meta = table.schema.metadata or {}
@@ -579,7 +579,7 @@ def write_manifest(
 
 def read_manifest(path: str | os.PathLike[str]) -> list[ImageRecord]:
     """Records from a parquet manifest written by :func:`write_manifest` (order preserved)."""
-    table = pq.read_table(path)
+    table = read_parquet(path)
     meta = table.schema.metadata or {}
     version = meta.get(b"r2i_manifest_version")
     if version is not None and int(version) > MANIFEST_VERSION:

@@ -27,9 +27,12 @@ import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:  # imported where used, so importing the synthesis stages stays cheap
+    import numpy as np
 
 __all__ = ["BandedPNG", "adler32_combine"]
 
@@ -64,6 +67,8 @@ def _filter_up(rows: np.ndarray, prev: np.ndarray | None) -> bytes:
 
     ``prev`` is the row just above ``rows`` (``None`` for the first row of the image).
     """
+    import numpy as np
+
     h, w, _ = rows.shape
     flat = rows.reshape(h, w * 3)
     out = np.empty((h, w * 3 + 1), dtype=np.uint8)
@@ -90,6 +95,8 @@ class BandedPNG:
         self.width, self.height = image.size
         self.band_rows = max(1, int(band_rows))
         self.level = level
+        import numpy as np
+
         self._pixels = np.asarray(image, dtype=np.uint8)
         self._header = _PNG_SIG + _chunk(
             b"IHDR", struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)
@@ -125,6 +132,8 @@ class BandedPNG:
         Exactly the pixels of :func:`r2i.images.draw_red_box` (the stroke lies inside the clamped
         box and extends ``width`` px inwards); only the bands the box spans are re-encoded.
         """
+        import numpy as np
+
         from r2i.images import clamp_box
 
         if width < 1:

@@ -21,7 +21,7 @@ from typing import Any
 from r2i.images import set_max_pixels
 from r2i.io import read_json, write_json
 from r2i.prompts import load_seed_questions, load_templates
-from r2i.segment import make_segmenter
+from r2i.segment import BackgroundSegmenter
 from r2i.synthesis.memo import StageMemo, stage_key
 from r2i.synthesis.pipeline import STAGES, ShardPipeline, StageTally, model_errors
 from r2i.synthesis.records import Row, read_rows, write_rows
@@ -228,7 +228,8 @@ async def _stream(images: list[dict[str, Any]], upstream_rows: list[Row], crop_b
         for r in roles
     }
     log_dir = Path(config["results_dir"]) / "logs" / config["run"] / "endpoints"
-    segmenter = make_segmenter(params["segmenter"]) if start == 0 else None
+    # built while the first requests are in flight (r2i.segment.BackgroundSegmenter)
+    segmenter = BackgroundSegmenter(params["segmenter"]) if start == 0 else None
     seeds = load_seed_questions(params["stages"]["questions"]["prompts"]["seed_questions"])
     settings = {s: params["stages"][s]["settings"] for s in STAGES}
     pipe_cfg = config.get("pipeline") or {}

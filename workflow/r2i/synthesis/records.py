@@ -11,27 +11,25 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from r2i.io import atomic_path
+from r2i.arrowlite import import_pyarrow
+from r2i.io import atomic_path, read_parquet
 
 KEPT = "kept"
 DROPPED = "dropped"
 
-SCHEMA = pa.schema(
-    [
-        ("item_id", pa.string()),
-        ("parent_id", pa.string()),
-        ("status", pa.string()),
-        ("reason", pa.string()),
-        ("record", pa.string()),
-        ("blob", pa.binary()),
-    ]
-)
+COLUMNS = ("item_id", "parent_id", "status", "reason", "record", "blob")
+
+
+@cache
+def schema() -> Any:
+    """The stage tables' ``pyarrow`` schema. pyarrow (with numpy, ~0.2 s) is imported on first
+    use, not with this module: a synthesis job sends its first model requests before it needs it."""
+    pa = import_pyarrow()
+    return pa.schema([*((c, pa.string()) for c in COLUMNS[:-1]), ("blob", pa.binary())])
 
 
 @dataclass
@@ -63,6 +61,9 @@ def write_rows(path: str | Path, rows: Iterable[Row]) -> None:
     if len(ids) != len(set(ids)):
         dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise ValueError(f"{path}: duplicate item ids {dupes}")
+    pa = import_pyarrow()
+    import pyarrow.parquet as pq
+
     table = pa.table(
         {
             "item_id": ids,
@@ -72,7 +73,7 @@ def write_rows(path: str | Path, rows: Iterable[Row]) -> None:
             "record": [json.dumps(r.record, sort_keys=True, ensure_ascii=False) for r in rows],
             "blob": [r.blob for r in rows],
         },
-        schema=SCHEMA,
+        schema=schema(),
     )
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
@@ -82,9 +83,9 @@ def read_rows(path: str | Path, *, only_kept: bool = False, with_blobs: bool = T
               with_records: bool = True) -> list[Row]:
     """Rows of a stage table; ``with_blobs``/``with_records=False`` skip reading (and parsing)
     the images and the records where only ids and verdicts are needed (the funnel)."""
-    columns = [c for c in SCHEMA.names
+    columns = [c for c in COLUMNS
                if (with_blobs or c != "blob") and (with_records or c != "record")]
-    table = pq.read_table(path, columns=columns)
+    table = read_parquet(path, columns=columns)
     data = table.to_pydict()
     out = []
     for i in range(table.num_rows):

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
+from r2i.io import read_parquet
 from r2i.sim.toybrain import canonical_answer
 from r2i.toy.world import World, parse_question
 
@@ -51,7 +50,7 @@ def audit_dataset(parquet_paths: list[str | Path], world_dir: str | Path) -> Aud
     by_dim: dict[str, list[int]] = {}
     mistakes: list[dict[str, Any]] = []
     for path in parquet_paths:
-        table = pq.read_table(path, columns=["reward_model", "extra_info"])
+        table = read_parquet(path, columns=["reward_model", "extra_info"])
         for rm, info in zip(table.column("reward_model").to_pylist(), table.column("extra_info").to_pylist(), strict=True):
             items += 1
             scene = _scene_for(world, info["source_path"])

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from r2i.io import read_parquet
 from r2i.qwen_vision import verl_image_tokens
 
 __all__ = [
@@ -81,11 +82,10 @@ def item_prompt_tokens(extra_info: Mapping[str, Any], min_pixels: int, max_pixel
 
 
 def _infos(parquets: Iterable[str | Path]) -> list[Mapping[str, Any]]:
-    import pyarrow.parquet as pq
 
     out: list[Mapping[str, Any]] = []
     for p in parquets:
-        table = pq.read_table(p, columns=["extra_info"])
+        table = read_parquet(p, columns=["extra_info"])
         out.extend(table.column("extra_info").to_pylist())
     return out
 
