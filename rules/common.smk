@@ -13,7 +13,7 @@ from r2i.poolsig import update_pool_signature
 from r2i.provenance import mark_outputs_without_provenance
 from r2i.resources import ResourceError, evaluation_resources, job_resources
 from r2i.slurm_status import install as install_slurm_state_normaliser
-from r2i.smkexit import cancel_scheduler_timers
+from r2i.smkexit import cancel_scheduler_timers, freeze_heap
 
 try:
     validate_config(config)

@@ -9,9 +9,9 @@ from _checkout import use_checkout
 use_checkout(__file__)  # the r2i library from this checkout, in any env or container
 
 from r2i.io import write_json
+from r2i.joblog import setup_logging
 from r2i.manifest import read_manifest
 from r2i.synthesis.dataset import contamination_index
-from r2i.synthesis.entry import setup_logging
 
 setup_logging(snakemake.log[0])  # noqa: F821
 kept = [(r.sha256, r.abs_path) for r in read_manifest(snakemake.input["manifest"]) if r.kept]  # noqa: F821

@@ -13,8 +13,8 @@ from r2i.arrowlite import skip_pandas
 
 skip_pandas()  # this job never converts to pandas: spare pyarrow's 0.8 s pandas import
 
+from r2i.joblog import setup_logging
 from r2i.synthesis.dataset import gather
-from r2i.synthesis.entry import setup_logging
 
 setup_logging(snakemake.log[0])  # noqa: F821
 p = snakemake.params  # noqa: F821
@@ -38,3 +38,7 @@ funnel = gather(
     index=snakemake.input["index"],  # noqa: F821
 )
 logging.getLogger("r2i.dataset").info("dataset: %s", funnel["splits"])
+
+from r2i.smkexit import freeze_heap
+
+freeze_heap()  # outputs are written: spare the exit-time sweep over the whole heap

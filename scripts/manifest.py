@@ -16,8 +16,8 @@ from r2i.arrowlite import skip_pandas
 
 skip_pandas()  # this job never converts to pandas: spare pyarrow's 0.8 s pandas import
 
+from r2i.joblog import setup_logging
 from r2i.manifest import build_manifest
-from r2i.synthesis.entry import setup_logging
 
 setup_logging(snakemake.log[0])  # noqa: F821
 p = snakemake.params  # noqa: F821

@@ -9,8 +9,8 @@ from _checkout import use_checkout
 
 use_checkout(__file__)  # the r2i library from this checkout, in any env or container
 
+from r2i.joblog import setup_logging
 from r2i.report import facts, figures, gallery
-from r2i.synthesis.entry import setup_logging
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])

@@ -25,3 +25,7 @@ run_shard(
     config=snakemake.config,  # noqa: F821
     log_file=snakemake.log[0],  # noqa: F821
 )
+
+from r2i.smkexit import freeze_heap
+
+freeze_heap()  # outputs are written: spare the exit-time sweep over the whole heap

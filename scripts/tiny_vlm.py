@@ -9,7 +9,7 @@ from _checkout import use_checkout
 use_checkout(__file__)  # the r2i library from this checkout, in any env or container
 
 from r2i.evaluation.attention import require_backend
-from r2i.synthesis.entry import setup_logging
+from r2i.joblog import setup_logging
 from r2i.toy.tiny_vlm import build_tiny_vlm
 
 sm = snakemake  # noqa: F821

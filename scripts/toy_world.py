@@ -11,7 +11,7 @@ from _checkout import use_checkout
 
 use_checkout(__file__)  # the r2i library from this checkout, in any env or container
 
-from r2i.synthesis.entry import setup_logging
+from r2i.joblog import setup_logging
 from r2i.toy.world import generate_world, size_params
 
 setup_logging(snakemake.log[0])  # noqa: F821

@@ -117,6 +117,30 @@ def test_background_segmenter_answers_like_the_segmenter(tmp_path_factory: pytes
     assert bg.name == direct.name == "sim-segmenter"
 
 
+def test_deferred_background_segmenter_builds_once_on_start_or_first_use(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import r2i.segment as segment
+
+    builds: list[str] = []
+
+    class Fake:
+        name = "fake"
+
+        def segment(self, image: Image.Image, phrases: list[str]) -> list[list[object]]:
+            return [[] for _ in phrases]
+
+    monkeypatch.setitem(segment._BACKENDS, "sim", lambda cfg: (builds.append("built"), Fake())[1])
+    lazy = BackgroundSegmenter({"backend": "sim"}, start=False)
+    assert builds == []  # not before start() or a first use
+    assert lazy.segment(Image.new("RGB", (4, 4)), ["a", "b"]) == [[], []]
+    assert builds == ["built"]
+    builds.clear()
+    eager = BackgroundSegmenter({"backend": "sim"}, start=False)
+    eager.start()
+    eager.start()
+    assert eager.name == "fake" and builds == ["built"]
+
+
 def test_background_segmenter_build_error_surfaces_at_first_use(tmp_path: Path) -> None:
     bg = BackgroundSegmenter({"backend": "sam3", "sam3": {"checkpoint": str(tmp_path / "none.pt")}})
     with pytest.raises(FileNotFoundError, match=r"segmenter\.sam3\.checkpoint"):
@@ -164,3 +188,22 @@ def test_the_scheduler_still_defines_its_timer_where_we_look() -> None:
     assert Path(inspect.getsourcefile(job_scheduler) or "").as_posix().endswith(
         "snakemake/scheduling/job_scheduler.py")
     assert cancel_scheduler_timers() == 0  # none pending outside a run
+
+
+def test_freeze_heap_moves_live_objects_out_of_collection() -> None:
+    import gc
+
+    from r2i.smkexit import freeze_heap
+
+    try:
+        freeze_heap()
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()  # this test process goes on collecting as usual
+
+
+def test_snakefile_freezes_after_parsing_and_cancels_timers_at_the_end() -> None:
+    text = (REPO / "Snakefile").read_text()
+    assert text.index("freeze_heap()") > text.index('include: "rules/report.smk"')
+    assert "onsuccess:\n    cancel_scheduler_timers()" in text
+    assert "onerror:\n    cancel_scheduler_timers()" in text

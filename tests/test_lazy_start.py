@@ -75,14 +75,19 @@ def test_model_set_starts_no_server_when_everything_is_cached(tmp_path: Path) ->
         "name": "sim", "launch": "r2i-sim-server --host 127.0.0.1 --port {port}",
         "startup_timeout_s": 60}}}
 
+    firsts: list[int] = []
+
     async def run() -> tuple[list[str], list[str]]:
-        async with ModelSet(spec, tmp_path / "cache", lazy=True, endpoint_log=str(log)) as models:
+        async with ModelSet(spec, tmp_path / "cache", lazy=True, endpoint_log=str(log),
+                            on_first_request=lambda: firsts.append(1)) as models:
             res = await asyncio.gather(*(models.chat("teacher", f"q{i}", seed=i, temperature=0.0)
                                          for i in range(5)))
             return [r.texts[0] for r in res], list(models.endpoints_started)
 
     texts, started = asyncio.run(run())
     assert started == ["sim"] and log.read_text().count("launching") == 1
+    assert firsts == [1]  # once, although the launch and the health check both passed
     texts2, started2 = asyncio.run(run())
     assert texts2 == texts and started2 == []
     assert log.read_text().count("launching") == 1
+    assert firsts == [1]  # nothing sent: never called

@@ -76,6 +76,12 @@ def _run(cfg: dict, params: dict, shard: str, outputs: dict, log: Path) -> None:
 def test_stream_overlaps_stages_and_writes_every_table(world: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("R2I_TEST_API_KEY", SENTINEL)
+    import r2i.synthesis.entry as entry
+
+    prewarms: list[int] = []
+    real_prewarm = entry.prewarm_in_background
+    monkeypatch.setattr(entry, "prewarm_in_background",
+                        lambda: (prewarms.append(1), real_prewarm())[-1])
     server = SimServer(world, tmp_path / "sim.log", latency=0.05)
     try:
         cfg, params, shard, outputs = _setup(tmp_path, world, server.url, max_concurrency=4)
@@ -83,6 +89,7 @@ def test_stream_overlaps_stages_and_writes_every_table(world: Path, tmp_path: Pa
         n = server.requests()
     finally:
         server.close()
+    assert prewarms == [1]  # pyarrow imported once, in the background, when the first image was done
     stats = {s: json.loads(Path(outputs[s][1]).read_text()) for s in STAGES}
     for s in STAGES:
         rows = read_rows(outputs[s][0])

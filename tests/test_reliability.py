@@ -291,7 +291,7 @@ def test_one_endpoint_log_per_job(tmp_path: Path) -> None:
     """Two jobs launching the same endpoint (ModelSet given only the shared log folder, as the
     evaluation rule does) write two endpoint logs, next to each job's log and named after it,
     each named in that job's own log (and naming it back)."""
-    from r2i.synthesis.entry import setup_logging
+    from r2i.joblog import setup_logging
     from r2i.synthesis.runtime import ModelSet
 
     logs = tmp_path / "results" / "logs" / "toy"

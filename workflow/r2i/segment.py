@@ -6,6 +6,7 @@ Production uses SAM3 (``sam3`` package, GPU, imported only when selected). The t
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,25 +59,44 @@ def make_segmenter(cfg: Mapping[str, Any]) -> Segmenter:
 
 
 class BackgroundSegmenter:
-    """The configured segmenter, built in a background thread from the moment this is created.
+    """The configured segmenter, built in a background thread, off the first request's path.
 
     Building it takes time that the first model requests need not wait for: SAM3 moves its
-    weights onto the GPU (seconds), the simulator reads the toy world. The objects stage needs
-    the segmenter only once the teacher's first object list is back, so a synthesis job starts
-    the build and sends its first requests meanwhile. ``segment`` (and ``name``) wait for the
-    build; a build error (a missing checkpoint, no ``sam3`` package) is raised there, at the first
-    use, which ends the job like any unexpected error. A wrong ``backend`` fails at once.
+    weights onto the GPU (seconds), the simulator reads the toy world (numpy and a 2 MB index,
+    which would also hold the interpreter lock while the job prepares its first requests). The
+    objects stage needs the segmenter only once the teacher's first object list is back, so the
+    synthesis job calls :meth:`start` when its first request is about to go out
+    (``ModelSet(on_first_request=...)``); ``start=True`` builds from the moment of creation.
+    ``segment`` (and ``name``) start the build if nobody has and wait for it (a job whose calls
+    are all cached starts it there). A build error (a missing checkpoint, no ``sam3`` package)
+    is raised there, at the first use, which ends the job like any unexpected error. A wrong
+    ``backend`` fails at once.
     """
 
-    def __init__(self, cfg: Mapping[str, Any]) -> None:
-        load = _loader(cfg)
-        pool = ThreadPoolExecutor(1, thread_name_prefix="r2i-segmenter-load")
-        self._future: Future[Segmenter] = pool.submit(load, cfg)
-        pool.shutdown(wait=False)
+    def __init__(self, cfg: Mapping[str, Any], *, start: bool = True) -> None:
+        self._load = _loader(cfg)
+        self._cfg = cfg
+        self._lock = threading.Lock()
+        self._future: Future[Segmenter] | None = None
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Begin building (once; later calls do nothing)."""
+        with self._lock:
+            if self._future is None:
+                pool = ThreadPoolExecutor(1, thread_name_prefix="r2i-segmenter-load")
+                self._future = pool.submit(self._load, self._cfg)
+                pool.shutdown(wait=False)
+
+    def _built(self) -> Segmenter:
+        self.start()
+        assert self._future is not None
+        return self._future.result()
 
     @property
     def name(self) -> str:
-        return self._future.result().name
+        return self._built().name
 
     def segment(self, image: Image.Image, phrases: Sequence[str]) -> list[list[Instance]]:
-        return self._future.result().segment(image, phrases)
+        return self._built().segment(image, phrases)

@@ -53,7 +53,7 @@ def job_log_file() -> Path | None:
     """The job's own log file: the first file handler on the root logger (or ``None``).
 
     Rule scripts log to their Snakemake ``log:`` file through a root ``logging.FileHandler``
-    (``r2i.synthesis.entry.setup_logging``), so this names the job without the caller passing it.
+    (``r2i.joblog.setup_logging``), so this names the job without the caller passing it.
     """
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):

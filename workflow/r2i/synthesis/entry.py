@@ -20,11 +20,12 @@ from typing import Any
 
 from r2i.images import set_max_pixels
 from r2i.io import read_json, write_json
+from r2i.joblog import setup_logging
 from r2i.prompts import load_seed_questions, load_templates
 from r2i.segment import BackgroundSegmenter
 from r2i.synthesis.memo import StageMemo, stage_key
 from r2i.synthesis.pipeline import STAGES, ShardPipeline, StageTally, model_errors
-from r2i.synthesis.records import Row, read_rows, write_rows
+from r2i.synthesis.records import Row, prewarm_in_background, read_rows, write_rows
 from r2i.synthesis.runtime import ModelSet
 from r2i.synthesis.stages import StageContext
 
@@ -52,17 +53,6 @@ STAGE_ROLES: dict[str, tuple[str, ...]] = {
 
 class StageError(RuntimeError):
     pass
-
-
-def setup_logging(log_file: str | Path | None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(
-        level=logging.INFO, handlers=handlers, force=True,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )  # fmt: skip
 
 
 def memo_keys(images: list[dict[str, Any]], params: Mapping[str, Any], prompt_shas: Mapping[str, str],
@@ -229,16 +219,18 @@ async def _stream(images: list[dict[str, Any]], upstream_rows: list[Row], crop_b
     }
     log_dir = Path(config["results_dir"]) / "logs" / config["run"] / "endpoints"
     # built while the first requests are in flight (r2i.segment.BackgroundSegmenter)
-    segmenter = BackgroundSegmenter(params["segmenter"]) if start == 0 else None
+    segmenter = BackgroundSegmenter(params["segmenter"], start=False) if start == 0 else None
     seeds = load_seed_questions(params["stages"]["questions"]["prompts"]["seed_questions"])
     settings = {s: params["stages"][s]["settings"] for s in STAGES}
     pipe_cfg = config.get("pipeline") or {}
     async with ModelSet(specs, config["cache_dir"], log_dir=log_dir, lazy=True,
-                        slot_dir=config.get("slot_dir"), endpoint_log=endpoint_log) as models:
+                        slot_dir=config.get("slot_dir"), endpoint_log=endpoint_log,
+                        on_first_request=segmenter.start if segmenter is not None else None) as models:
         ctx = StageContext(models=models, prompts=prompts, settings=settings,
                            segmenter=segmenter, seed_questions=seeds)
         pipe = ShardPipeline(ctx, start=start, crop_blobs=crop_blobs,
-                             max_images_in_flight=int(pipe_cfg.get("max_images_in_flight", 32)))
+                             max_images_in_flight=int(pipe_cfg.get("max_images_in_flight", 32)),
+                             on_first_image_done=prewarm_in_background)
         if start == 0:
             return await pipe.run(images=images)
         return await pipe.run(rows=upstream_rows)

@@ -99,8 +99,13 @@ class ShardPipeline:
 
     def __init__(self, ctx: StageContext, *, start: int = 0,
                  crop_blobs: Mapping[str, bytes] | None = None,
-                 max_images_in_flight: int = 32, progress_every_s: float = 10.0) -> None:
+                 max_images_in_flight: int = 32, progress_every_s: float = 10.0,
+                 on_first_image_done: Callable[[], None] | None = None) -> None:
+        """``on_first_image_done`` runs once, when the first image has left the last stage: from
+        then on the job has less to do than at its start, a time for work it needs only at the
+        end (the synthesis job imports pyarrow for its tables then)."""
         self.ctx = ctx
+        self._on_first_done = on_first_image_done
         self.start = start
         self.crop_blobs = crop_blobs or {}
         self.max_images = max(1, max_images_in_flight)
@@ -183,6 +188,8 @@ class ShardPipeline:
         def done(_: asyncio.Task[None]) -> None:
             self._images_open -= 1
             self._images_done += 1
+            if self._images_done == 1 and self._on_first_done is not None:
+                self._on_first_done()
 
         try:
             for _src, work in groups:

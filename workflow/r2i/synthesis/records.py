@@ -46,6 +46,19 @@ class Row:
         return self.status == KEPT
 
 
+def prewarm_in_background() -> None:
+    """Import pyarrow and its parquet module in a daemon thread, so that the table writes at the
+    end of a job do not wait for the import (~0.2 s, longer on a loaded machine). Harmless if
+    the job reaches its writes first: the import lock makes them wait for the same import."""
+    import threading
+
+    def warm() -> None:
+        schema()
+        import pyarrow.parquet  # noqa: F401
+
+    threading.Thread(target=warm, name="r2i-pyarrow-prewarm", daemon=True).start()
+
+
 def kept(item_id: str, parent_id: str | None, record: dict[str, Any], blob: bytes | None = None) -> Row:
     return Row(item_id, parent_id, KEPT, None, record, blob)
 

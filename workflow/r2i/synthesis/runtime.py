@@ -137,6 +137,12 @@ class ModelSet:
     live (default ``/tmp/r2i-slots-<uid>``; an endpoint with ``shared_limit: false`` opts out).
     ``endpoint_log`` names the log file of a launched endpoint (``{name}`` is replaced by the
     endpoint's name); default: ``<log_dir>/endpoint-<name>.log``.
+
+    ``on_first_request`` runs once, when the job is about to send its first request: as soon
+    as a server it launches starts loading (minutes of a model loading on its GPUs, which other
+    set-up can overlap), or once a ``base_url`` endpoint has passed its health check (the
+    request goes out next). The synthesis job starts building its segmenter then, so that
+    building it does not hold up the first request (:class:`r2i.segment.BackgroundSegmenter`).
     """
 
     def __init__(
@@ -148,8 +154,10 @@ class ModelSet:
         lazy: bool = False,
         slot_dir: str | Path | None = None,
         endpoint_log: str | None = None,
+        on_first_request: Callable[[], None] | None = None,
     ) -> None:
         self._specs = dict(roles)
+        self._on_first_request = on_first_request
         self._cache = CallCache(cache_dir)
         self._log_dir = Path(log_dir) if log_dir else None
         self._endpoint_log = endpoint_log
@@ -168,10 +176,18 @@ class ModelSet:
             return Path(self._endpoint_log.replace("{name}", name))
         return endpoint_log_path(self._log_dir, name) if self._log_dir else None
 
+    def _first_request(self) -> None:
+        callback, self._on_first_request = self._on_first_request, None
+        if callback is not None:
+            callback()
+
     async def _open(self, cfg: EndpointConfig) -> str:
         """Enter the endpoint's context (launch / health check) for the rest of the job."""
+        if cfg.base_url is None:
+            self._first_request()  # a launch: the server loads for a while
         base = await self._stack.enter_async_context(open_endpoint(cfg, log_path=self._log_path(cfg.name)))
         self.endpoints_started.append(cfg.name)
+        self._first_request()
         return base
 
     async def __aenter__(self) -> ModelSet:
