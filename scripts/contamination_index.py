@@ -8,6 +8,10 @@ from _checkout import use_checkout
 
 use_checkout(__file__)  # the r2i library from this checkout, in any env or container
 
+from r2i.arrowlite import skip_pandas
+
+skip_pandas()  # this job never converts to pandas: spare pyarrow's 0.8 s pandas import
+
 from r2i.io import write_json
 from r2i.joblog import setup_logging
 from r2i.manifest import read_manifest

@@ -251,11 +251,13 @@ def from_zoombench_parquet(path: str | os.PathLike[str] | Sequence[str | os.Path
                            ) -> list[EvalItem]:
     """Items of a ZoomBench-shaped parquet dataset: every shard ``path`` names
     (:func:`resolve_parquet_files`), in order; both column spellings (see the module doc)."""
-    import pandas as pd
+    from r2i.io import read_parquet
 
     items: list[EvalItem] = []
     for f in resolve_parquet_files(path):
-        rows = pd.read_parquet(f).to_dict(orient="records")
+        # plain Python values (lists, dicts, None), as from a JSON benchmark; not pandas, whose
+        # import alone costs the contamination job ~0.8 s of CPU
+        rows = read_parquet(f).to_pylist()
         items.extend(_item(r, len(items), [f.parent], str(f)) for r in rows)
     return items
 
