@@ -519,6 +519,18 @@ def test_outputs_without_provenance_are_marked_incomplete(tmp_path: Path,
         "external_jobid": None}
     assert provenance.mark_unrecorded_outputs(roots, is_out, state) == []
 
+    # A record left by a failed attempt (Snakemake records failed jobs too, then deletes their
+    # outputs) predates the file that a job Snakemake no longer watched wrote later: not trusted.
+    Path("results/r/shards/003").mkdir(parents=True)
+    late = Path("results/r/shards/003/a.parquet")
+    late.write_bytes(b"y")
+    os.utime(late, (time.time(), time.time()))
+    key("metadata", str(late)).write_text(json.dumps({"endtime": time.time() - 60}))
+    # the recorded file itself (written when its record says) is trusted
+    ok = Path("results/r/shards/000/a.parquet")
+    key("metadata", str(ok)).write_text(json.dumps({"endtime": ok.stat().st_mtime}))
+    assert provenance.mark_unrecorded_outputs(roots, is_out, state) == [str(late)]
+
 
 def test_record_path_matches_snakemakes_file_store(tmp_path: Path) -> None:
     from types import SimpleNamespace

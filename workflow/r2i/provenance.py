@@ -58,6 +58,33 @@ def _locked(state_dir: Path) -> bool:
     return locks.is_dir() and any(locks.iterdir())
 
 
+#: How much later than its record a file may have been written and still be the recorded one
+#: (file systems with coarse time stamps).
+_MTIME_SLACK_S = 1.0
+
+
+def _describes(record: Path, path: str) -> bool:
+    """Whether Snakemake's metadata ``record`` is about the file at ``path`` as it is now.
+
+    Snakemake records the outputs of a *failed* job too (``Job.postprocess`` calls
+    ``persistence.finished`` also on error; the outputs are then deleted, the record stays),
+    with the time of the failure as ``endtime``. If a job that Snakemake no longer watches (it was
+    killed) writes that output later, the record predates the file: it is a failed attempt's,
+    not this file's. A record without ``endtime``, or for a folder, is taken as it is.
+    """
+    try:
+        text = record.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    try:
+        endtime = json.loads(text).get("endtime")
+        if endtime is None or os.path.isdir(path):
+            return True
+        return os.stat(path).st_mtime <= float(endtime) + _MTIME_SLACK_S
+    except (ValueError, TypeError, AttributeError, OSError):
+        return True  # unreadable: leave the judgement to Snakemake
+
+
 def unrecorded_outputs(
     roots: Iterable[str | os.PathLike[str]],
     is_output: Callable[[str], bool],
@@ -83,7 +110,7 @@ def unrecorded_outputs(
             if path in seen or not is_output(path):
                 continue
             seen.add(path)
-            if record_path(state, "metadata", path).exists():
+            if _describes(record_path(state, "metadata", path), path):
                 continue
             if record_path(state, "incomplete", path).exists():
                 continue
