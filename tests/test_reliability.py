@@ -524,11 +524,12 @@ def test_outputs_without_provenance_are_marked_incomplete(tmp_path: Path,
     Path("results/r/shards/003").mkdir(parents=True)
     late = Path("results/r/shards/003/a.parquet")
     late.write_bytes(b"y")
-    os.utime(late, (time.time(), time.time()))
-    key("metadata", str(late)).write_text(json.dumps({"endtime": time.time() - 60}))
-    # the recorded file itself (written when its record says) is trusted
+    stale = key("metadata", str(late))
+    stale.write_text("{}")
+    os.utime(stale, (time.time() - 60, time.time() - 60))  # written a minute before the file
+    # a record written after its file (how Snakemake records a finished job) is trusted
     ok = Path("results/r/shards/000/a.parquet")
-    key("metadata", str(ok)).write_text(json.dumps({"endtime": ok.stat().st_mtime}))
+    os.utime(ok, (time.time() - 30, time.time() - 30))
     assert provenance.mark_unrecorded_outputs(roots, is_out, state) == [str(late)]
 
 

@@ -11,8 +11,8 @@ written, so it sits on the critical path of every run, and the dataset job pays 
 pyarrow records "no pandas" for this process and never probes again. The block is lifted at once:
 other code may still ``import pandas`` and use it directly. What no longer works in the process
 is pyarrow's own pandas conversion (``Table.to_pandas``, ``pd.read_parquet``, a DataFrame passed
-to ``pa.table``), so only job entry points that never convert call it (synthesis, dataset,
-manifest). It does nothing if pandas is already imported.
+to ``pa.table``), so only job entry points that never convert call it (synthesis, dataset, manifest,
+contamination index). It does nothing if pandas is already imported.
 """
 
 from __future__ import annotations

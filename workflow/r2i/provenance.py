@@ -66,23 +66,24 @@ _MTIME_SLACK_S = 1.0
 def _describes(record: Path, path: str) -> bool:
     """Whether Snakemake's metadata ``record`` is about the file at ``path`` as it is now.
 
-    Snakemake records the outputs of a *failed* job too (``Job.postprocess`` calls
-    ``persistence.finished`` also on error; the outputs are then deleted, the record stays),
-    with the time of the failure as ``endtime``. If a job that Snakemake no longer watches (it was
-    killed) writes that output later, the record predates the file: it is a failed attempt's,
-    not this file's. A record without ``endtime``, or for a folder, is taken as it is.
+    Snakemake writes a job's records once the job has ended, after its outputs, so a record is
+    never older than the file it describes. It records the outputs of a *failed* job too
+    (``Job.postprocess`` calls ``persistence.finished`` also on error; the outputs are then
+    deleted, the record stays). If a job that Snakemake no longer watches (it was killed) writes
+    that output later, the record predates the file: it is a failed attempt's, not this file's.
+    Two ``stat`` calls, no record parsed: this runs for every output at every Snakemake start.
+    (``--touch`` rewrites the records after touching, so touched outputs still count.)
     """
     try:
-        text = record.read_text(encoding="utf-8")
+        recorded = os.stat(record).st_mtime
     except OSError:
         return False
+    if os.path.isdir(path):
+        return True
     try:
-        endtime = json.loads(text).get("endtime")
-        if endtime is None or os.path.isdir(path):
-            return True
-        return os.stat(path).st_mtime <= float(endtime) + _MTIME_SLACK_S
-    except (ValueError, TypeError, AttributeError, OSError):
-        return True  # unreadable: leave the judgement to Snakemake
+        return os.stat(path).st_mtime <= recorded + _MTIME_SLACK_S
+    except OSError:
+        return True  # gone meanwhile: nothing to rebuild here
 
 
 def unrecorded_outputs(
