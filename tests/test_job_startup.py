@@ -207,3 +207,50 @@ def test_snakefile_freezes_after_parsing_and_cancels_timers_at_the_end() -> None
     assert text.index("freeze_heap()") > text.index('include: "rules/report.smk"')
     assert "onsuccess:\n    cancel_scheduler_timers()" in text
     assert "onerror:\n    cancel_scheduler_timers()" in text
+
+
+class _CountsRepr:
+    """A result whose repr is counted (and would be slow for a shard's rows)."""
+
+    calls = 0
+
+    def __repr__(self) -> str:
+        type(self).calls += 1
+        return "<result>"
+
+
+def test_the_result_of_a_job_coroutine_is_never_formatted() -> None:
+    """``asyncio.run`` formats its main task's result when it restores the SIGINT handler (CPython
+    3.11+: the failed ``signal.Handlers`` lookup builds ``"%r is not a valid Handlers"``): for a
+    synthesis job that result is every row of the shard, images included. ``r2i.asyncrun.run``
+    returns the same value without the task holding it."""
+    from r2i import asyncrun
+    from r2i.client import run_async
+
+    async def job() -> _CountsRepr:
+        return _CountsRepr()
+
+    _CountsRepr.calls = 0
+    assert isinstance(asyncrun.run(job()), _CountsRepr)
+    assert isinstance(run_async(job()), _CountsRepr)  # through uvloop when installed
+    assert _CountsRepr.calls == 0
+
+
+def test_asyncio_run_still_formats_the_result_here() -> None:
+    """The behaviour the test above guards against, on this interpreter: if a CPython release stops
+    formatting the result, this fails and ``r2i.asyncrun`` can go."""
+    import asyncio
+
+    async def job() -> _CountsRepr:
+        return _CountsRepr()
+
+    _CountsRepr.calls = 0
+    asyncio.run(job())
+    assert _CountsRepr.calls > 0
+
+
+def test_a_row_repr_leaves_out_its_image() -> None:
+    from r2i.synthesis.records import Row
+
+    text = repr(Row("img-1/obj-2", "img-1", "kept", blob=b"\x89PNG" + bytes(10_000)))
+    assert "img-1/obj-2" in text and "PNG" not in text and len(text) < 200

@@ -15,11 +15,13 @@ free slots every ``poll_s``; every process polls the same way, so jobs share the
 evenly, and a freed slot is idle for at most one poll interval (milliseconds, against model
 latencies of seconds).
 
-Scope: the processes that see the same directory. The default (``/tmp/r2i-slots-<uid>``) is
-per machine; on a cluster, jobs on different nodes only share the limit when ``slot_dir`` points
-to a file system with working POSIX locks (NFSv4, GPFS, Lustre mounted with ``-o flock``).
-Where ``flock`` is not supported the limiter logs a warning once and steps aside, leaving the
-per-process limit.
+The interval is 10 ms. While the server is full every waiting process polls: a poll that finds
+nothing tries every slot (~90 us of CPU for 32 slots) and each wake-up of the event loop costs
+0.2-0.4 ms of CPU on these VMs. Measured with all slots held by another process, one waiting
+process spent 10.5 % of a core at 3 ms and 4.8 % at 10 ms; four jobs waiting through the whole
+busy window of a run took that CPU from the jobs and a co-located server. With ``k`` jobs
+waiting, a freed slot is picked up after ``10 / (k + 1)`` ms on average: 0.2-1 % of a 0.5 s
+request.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class SharedSlots:
     slots.hold():``. One instance per process and endpoint; it must be used from one event loop.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], n: int, *, poll_s: float = 0.003,
+    def __init__(self, directory: str | os.PathLike[str], n: int, *, poll_s: float = 0.01,
                  label: str = "") -> None:
         if n < 1:
             raise ValueError("n must be >= 1")

@@ -225,7 +225,7 @@ def evaluate_view(benchmark: str, benchmark_spec: Mapping[str, Any], view: str, 
     In the ``crop`` view, items without a crop image are not sent; they get a record with
     ``skipped: "no_crop_image"`` (no verdict), counted in metrics.json.
     """
-    import asyncio
+    from r2i import asyncrun
 
     items = load_benchmark(benchmark, benchmark_spec)
     position = {it.id: k for k, it in enumerate(items)}
@@ -240,7 +240,7 @@ def evaluate_view(benchmark: str, benchmark_spec: Mapping[str, Any], view: str, 
                         "(e.g. %s)", benchmark, len(skipped), len(items) + len(skipped),
                         [r["id"] for r in skipped[:3]])
     timing: dict[str, Any] = {}
-    records = asyncio.run(evaluate_items(items, view, timing=timing, **kwargs)) if items else []
+    records = asyncrun.run(evaluate_items(items, view, timing=timing, **kwargs)) if items else []
     failed = [r for r in records if r.get("error")]
     if failed:
         sample = "; ".join(f"{r['id']}: {r['error']}" for r in failed[:5])

@@ -10,7 +10,6 @@ the cache, so the automatic retry only re-sends what failed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -18,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from r2i import asyncrun
 from r2i.images import set_max_pixels
 from r2i.io import read_json, write_json
 from r2i.joblog import setup_logging
@@ -175,7 +175,7 @@ def _run_shard(shard_list: str, outputs: Mapping[str, tuple[str, str]], params: 
         if start == 3:  # answers needs the crops themselves
             crop_blobs = {r.item_id: r.blob for r in read_rows(hits["crops"][0], only_kept=True)
                           if r.blob is not None}
-        tallies = asyncio.run(_stream(images, upstream_rows, crop_blobs, start, params, config,
+        tallies = asyncrun.run(_stream(images, upstream_rows, crop_blobs, start, params, config,
                                       prompts, endpoint_log))
     job_seconds = time.monotonic() - started
 

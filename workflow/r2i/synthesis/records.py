@@ -34,12 +34,15 @@ def schema() -> Any:
 
 @dataclass
 class Row:
+    """One item of a stage table. ``blob`` (a crop or boxed image, often megabytes) is left out of
+    the repr, so an error message or log line that shows a row stays a line."""
+
     item_id: str
     parent_id: str | None
     status: str
     reason: str | None = None
     record: dict[str, Any] = field(default_factory=dict)
-    blob: bytes | None = None
+    blob: bytes | None = field(default=None, repr=False)
 
     @property
     def kept(self) -> bool:
