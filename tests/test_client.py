@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import json
@@ -136,6 +137,47 @@ def test_cache_key_is_canonical() -> None:
     assert k == cache_key(**{**kw, "temperature": 1.0})
     assert k != cache_key(**{**kw, "seed": 4})
     assert cache_key(**{**kw, "extra": None}) == cache_key(**{**kw, "extra": {}})
+
+
+def _reference_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_canonical_json_splices_images_without_changing_a_byte() -> None:
+    """Long escape-free strings (inline images) skip the JSON encoder; the bytes, and so every
+    cache key, stay exactly those of json.dumps, whatever else the messages hold."""
+    import random
+
+    rng = random.Random(0)
+    url = "data:image/png;base64," + base64.b64encode(rng.randbytes(30_000)).decode()
+    tricky_long = [
+        "x" * 5000 + '"',  # needs escaping
+        "\\" * 3000,
+        "a\nb" * 2000 + "\x01",
+        "é" * 5000,  # not ASCII (written as is, but not spliced)
+        "\x7f" * 5000,
+    ]
+    lookalikes = ["\x000", "\x001", 'x"\x000', "\x00", "\x000\x00"]  # JSON like a placeholder
+    for case in range(300):
+        parts: list[Any] = [{"type": "text", "text": rng.choice([*lookalikes, "plain", "ü"])}]
+        for _ in range(rng.randrange(4)):
+            parts.append({"type": "image_url", "image_url": {"url": rng.choice([url, *tricky_long])}})
+        obj: Any = [{"role": "user", "content": parts}, {"n": case, "t": (url, 1.5, None, True)}]
+        assert canonical_json(obj) == _reference_json(obj), case
+    # the same image in many requests: spliced from the memo, still identical
+    big = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}] * 3}]
+    assert canonical_json(big) == _reference_json(big)
+    # both paths are taken: spliced, and the fallback when a real string reads like a placeholder
+    from r2i.client import cache as cache_mod
+
+    found: list[bytes] = []
+    small = cache_mod._swap_long_strings(big, found)
+    assert len(found) == 3 and cache_mod._spliced(cache_mod._plain_json(small), found) is not None
+    clash = [big, "\x000"]
+    found = []
+    small = cache_mod._swap_long_strings(clash, found)
+    assert cache_mod._spliced(cache_mod._plain_json(small), found) is None
+    assert canonical_json(clash) == _reference_json(clash)
 
 
 def test_filesystem_type_of_tmp(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,11 +50,87 @@ T = TypeVar("T")
 def canonical_json(obj: Any) -> bytes:
     """Canonical JSON bytes: sorted keys, no whitespace, UTF-8 (the cache-key serialisation).
 
-    Changing this function invalidates every existing cache, so it is deliberately minimal.
+    Changing what this function returns invalidates every existing cache. It returns exactly
+    ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()``;
+    long strings that need no escaping (inline images: ``data:image/png;base64,...``) are
+    spliced in as bytes instead of going through the encoder (see :func:`_spliced`).
     """
+    big: list[bytes] = []
+    small = _swap_long_strings(obj, big)
+    text = _plain_json(small)
+    if big:
+        spliced = _spliced(text, big)
+        if spliced is not None:
+            return spliced
+        return _plain_json(obj)
+    return text
+
+
+def _plain_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
         "utf-8"
     )
+
+
+#: strings at least this long are spliced (shorter ones cost the encoder nothing worth saving)
+_SPLICE_MIN = 4096
+#: bytes that ``json.dumps`` writes as they are: printable ASCII except ``"`` and ``\``
+_JSON_PLAIN = bytes(c for c in range(0x20, 0x7F) if c not in (0x22, 0x5C))
+#: quoted JSON bytes of recently seen long strings (the same image URL goes into many requests;
+#: a ``str`` caches its own hash, so a hit costs a lookup)
+_QUOTED: dict[str, bytes] = {}
+_QUOTED_MAX = 64
+_QUOTED_LOCK = threading.Lock()
+
+
+def _quoted(s: str) -> bytes | None:
+    """``json.dumps(s)`` as bytes when ``s`` needs no escaping at all, else None."""
+    q = _QUOTED.get(s)
+    if q is None:
+        if not s.isascii():
+            return None
+        raw = s.encode("ascii")
+        if raw.translate(None, _JSON_PLAIN):  # something json.dumps would escape
+            return None
+        q = b'"' + raw + b'"'
+        with _QUOTED_LOCK:  # requests are serialised in the event loop and in worker threads
+            if len(_QUOTED) >= _QUOTED_MAX:
+                _QUOTED.pop(next(iter(_QUOTED)), None)
+            _QUOTED[s] = q
+    return q
+
+
+def _swap_long_strings(obj: Any, big: list[bytes]) -> Any:
+    """``obj`` with every long, escape-free string value replaced by a placeholder (a NUL
+    character and the index of its quoted bytes, appended to ``big``); containers are copied only
+    where something changed."""
+    if isinstance(obj, str):
+        if len(obj) >= _SPLICE_MIN:
+            q = _quoted(obj)
+            if q is not None:
+                big.append(q)
+                return f"\0{len(big) - 1}"
+        return obj
+    if isinstance(obj, dict):
+        out = {k: _swap_long_strings(v, big) for k, v in obj.items()}
+        return out if any(out[k] is not obj[k] for k in obj) else obj
+    if isinstance(obj, list | tuple):
+        items = [_swap_long_strings(v, big) for v in obj]
+        return items if any(a is not b for a, b in zip(items, obj, strict=True)) else obj
+    return obj
+
+
+def _spliced(text: bytes, big: list[bytes]) -> bytes | None:
+    """``text`` with each placeholder's JSON (a quote, backslash-u0000, ``i``, a quote) replaced
+    by ``big[i]``; None if some placeholder does not occur exactly once (a real string that looks
+    like one), in which case the caller encodes the original object instead. Spliced bytes hold
+    no backslash, so they cannot form another placeholder."""
+    for i, q in enumerate(big):
+        token = b'"\\u0000%d"' % i
+        if text.count(token) != 1:
+            return None
+        text = text.replace(token, q, 1)
+    return text
 
 
 def _cj(obj: Any) -> bytes:
