@@ -133,10 +133,6 @@ def _spliced(text: bytes, big: list[bytes]) -> bytes | None:
     return text
 
 
-def _cj(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def cache_key_from_json(
     *,
     model: str,
@@ -156,9 +152,9 @@ def cache_key_from_json(
     """
     # Two dumps calls instead of eight: this runs once per call on the hot path. Keys sort as
     # extra < max_tokens < messages < model < n < seed < temperature < top_p.
-    head = _cj({"extra": dict(extra) if extra else None,
+    head = _plain_json({"extra": dict(extra) if extra else None,
                 "max_tokens": None if max_tokens is None else int(max_tokens)})
-    tail = _cj({"model": model, "n": int(n), "seed": None if seed is None else int(seed),
+    tail = _plain_json({"model": model, "n": int(n), "seed": None if seed is None else int(seed),
                 "temperature": None if temperature is None else float(temperature),
                 "top_p": None if top_p is None else float(top_p)})
     h = hashlib.sha256(head[:-1])
@@ -225,7 +221,7 @@ def is_network_fs(path: str | os.PathLike[str]) -> bool:
 def record_check(rec: Mapping[str, Any]) -> str:
     """Checksum of the parts of a record that a cached answer is built from."""
     part = {k: rec.get(k) for k in ("key", "texts", "usage", "model", "latency_s")}
-    return hashlib.sha256(_cj(part)).hexdigest()[:32]
+    return hashlib.sha256(_plain_json(part)).hexdigest()[:32]
 
 
 def _record_problem(rec: Any, key: str) -> str | None:

@@ -22,6 +22,12 @@ process spent 10.5 % of a core at 3 ms and 4.8 % at 10 ms; four jobs waiting thr
 busy window of a run took that CPU from the jobs and a co-located server. With ``k`` jobs
 waiting, a freed slot is picked up after ``10 / (k + 1)`` ms on average: 0.2-1 % of a 0.5 s
 request.
+
+Scope: the processes that see the same directory. The default (``/tmp/r2i-slots-<uid>``) is
+per machine; on a cluster, jobs on different nodes only share the limit when ``slot_dir`` points
+to a file system with working POSIX locks (NFSv4, GPFS, Lustre mounted with ``-o flock``).
+Where ``flock`` is not supported the limiter logs a warning once and steps aside, leaving the
+per-process limit.
 """
 
 from __future__ import annotations

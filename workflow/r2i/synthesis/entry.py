@@ -176,7 +176,7 @@ def _run_shard(shard_list: str, outputs: Mapping[str, tuple[str, str]], params: 
             crop_blobs = {r.item_id: r.blob for r in read_rows(hits["crops"][0], only_kept=True)
                           if r.blob is not None}
         tallies = asyncrun.run(_stream(images, upstream_rows, crop_blobs, start, params, config,
-                                      prompts, endpoint_log))
+                                       prompts, endpoint_log))
     job_seconds = time.monotonic() - started
 
     errors = model_errors(tallies)
